@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modefuse-installed
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-slow bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m modefuse.demo --out runs/demo
+
+# pytest exits 5 when it ran no test: that is a failure here, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf runs .pytest_cache

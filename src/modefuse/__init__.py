@@ -1,0 +1,15 @@
+"""modefuse: align, fuse and connect independently trained neural networks."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import data, models  # noqa: E402
+from .checkpoint import load, read_metadata, save  # noqa: E402
+from .errors import (ArchitectureMismatchError, CheckpointError, DataNotFoundError,  # noqa: E402
+                     ModefuseError, SpecInferenceError)
+from .training import evaluate, train  # noqa: E402
+
+__all__ = [
+    "__version__", "data", "models", "train", "evaluate", "save", "load", "read_metadata",
+    "ModefuseError", "DataNotFoundError", "CheckpointError", "ArchitectureMismatchError", "SpecInferenceError",
+]

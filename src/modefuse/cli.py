@@ -1,0 +1,141 @@
+"""`modefuse <command>`: a thin layer over the public API; checkpoints in, checkpoints and metrics out."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+COMMANDS = {}
+
+
+def command(name: str, help: str, arguments):
+    """Register `fn(args)` as CLI command `name`; `arguments(parser)` adds its options."""
+    def deco(fn):
+        COMMANDS[name] = (fn, help, arguments)
+        return fn
+    return deco
+
+
+def _model_kwargs(args) -> dict:
+    kw = {}
+    if args.widths:
+        kw["widths"] = [int(w) for w in args.widths.split(",")]
+    for key in ("width", "depth", "norm", "hidden"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    if args.batch_norm:
+        kw["batch_norm"] = True
+    for item in args.arg or []:
+        key, _, value = item.partition("=")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    return kw
+
+
+def _add_data_args(p, dataset_default: str | None = "fashion-mnist") -> None:
+    p.add_argument("--dataset", default=dataset_default, help="fashion-mnist | mnist | cifar10")
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset files")
+
+
+def _train_args(p):
+    p.add_argument("--model", default="mlp", help="zoo model: mlp | vgg | resnet | resnet20 | resnet18 | rnn | lstm")
+    p.add_argument("--widths", help="MLP hidden widths, comma separated (default 512,512,512)")
+    p.add_argument("--width", type=float, help="width multiplier (vgg, resnet)")
+    p.add_argument("--depth", type=int, help="resnet depth: 20 or 18")
+    p.add_argument("--norm", help="resnet norm: none | batch | layer")
+    p.add_argument("--hidden", type=int, help="rnn/lstm hidden size")
+    p.add_argument("--batch-norm", action="store_true", help="vgg with BatchNorm")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE", help="any other model argument (JSON value)")
+    _add_data_args(p)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 for adam, 0.05 for sgd")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+
+
+@command("train", "train a zoo model; resumes after an interruption when rerun with the same --out",
+         _train_args)
+def cmd_train(args) -> int:
+    import modefuse as mf
+    train_ds = mf.data.load(args.dataset, "train", args.data_dir)
+    test_ds = mf.data.load(args.dataset, "test", args.data_dir)
+    model = mf.models.build_for(args.model, train_ds, seed=args.seed, **_model_kwargs(args))
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
+    out = Path(args.out)
+    history = mf.train(model, train_ds, epochs=args.epochs, lr=lr, seed=args.seed, optimizer=args.optimizer,
+                       batch_size=args.batch_size, schedule=args.schedule,
+                       resume=out.with_name(out.name + ".train-state"))
+    metrics = mf.evaluate(model, test_ds)
+    mf.save(model, out, dataset=args.dataset, seed=args.seed, metrics=metrics, history=history,
+            training={"epochs": args.epochs, "lr": lr, "optimizer": args.optimizer,
+                      "batch_size": args.batch_size, "schedule": args.schedule})
+    _report(args, {"checkpoint": str(out), **metrics})
+    return 0
+
+
+def _eval_args(p):
+    p.add_argument("checkpoint")
+    _add_data_args(p, dataset_default=None)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+
+
+@command("eval", "evaluate a checkpoint: test loss and accuracy", _eval_args)
+def cmd_eval(args) -> int:
+    import modefuse as mf
+    model = mf.load(args.checkpoint)
+    dataset = args.dataset or model.checkpoint_metadata.get("dataset") or "fashion-mnist"
+    metrics = mf.evaluate(model, mf.data.load(dataset, args.split, args.data_dir))
+    _report(args, {"checkpoint": args.checkpoint, "dataset": dataset, "split": args.split, **metrics})
+    return 0
+
+
+def _report(args, result: dict) -> None:
+    """Print `result` as JSON with --json, else as aligned `key: value` lines."""
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=str))
+        return
+    for k, v in result.items():
+        print(f"{k:>10}: {v:.4f}" if isinstance(v, float) else f"{k:>10}: {v}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modefuse", description="Align, fuse and connect trained neural networks.")
+    p.add_argument("--version", action="version", version=f"modefuse {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (fn, help, arguments) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        arguments(sp)
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        sp.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        sp.set_defaults(func=fn)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not getattr(args, "func", None):
+        parser().print_help()
+        return 2
+    from .errors import ModefuseError
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("modefuse: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ModefuseError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        if args.debug:
+            raise
+        print(f"modefuse: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

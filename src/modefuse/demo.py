@@ -1,0 +1,60 @@
+"""`make demo`: train two small models on Fashion-MNIST, then write their checkpoints and a summary.
+
+Finished models are reused when the demo is run again (see `modefuse.trained`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import modefuse as mf
+from modefuse.atomic import write_json, write_text
+from modefuse.trained import trained
+
+
+def run(out: Path, epochs: int = 5, seeds=(0, 1), data_dir: str | None = None) -> dict:
+    t0 = time.perf_counter()
+    train_ds = mf.data.load("fashion-mnist", "train", data_dir)
+    test_ds = mf.data.load("fashion-mnist", "test", data_dir)
+    summary: dict = {"dataset": "fashion-mnist", "model": "mlp 784-512-512-512-10", "epochs": epochs,
+                     "models": {}}
+    nets = {}
+    for seed in seeds:
+        name = f"mlp_seed{seed}"
+        print(f"[demo] training {name} ({epochs} epochs of Adam) -> {out / (name + '.safetensors')}")
+        nets[name] = trained(out / f"{name}.safetensors", "mlp", train_ds, seed=seed, epochs=epochs,
+                             test_data=test_ds, model_kwargs={"widths": [512, 512, 512]})
+        summary["models"][name] = mf.evaluate(nets[name], test_ds)
+        print(f"[demo] {name}: test accuracy {summary['models'][name]['accuracy']:.4f}")
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", _markdown(summary))
+    print(_markdown(summary))
+    return summary
+
+
+def _markdown(s: dict) -> str:
+    lines = [f"# modefuse demo ({s['dataset']}, {s['model']}, {s['epochs']} epochs)", "",
+             "| model | test loss | test accuracy |", "|---|---|---|"]
+    lines += [f"| {k} | {v['loss']:.4f} | {v['accuracy']:.4f} |" for k, v in s["models"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    try:
+        run(Path(args.out), args.epochs, data_dir=args.data_dir)
+    except mf.ModefuseError as e:
+        print(f"modefuse demo: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import modefuse as mf
+from modefuse.cli import COMMANDS, main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "modefuse.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert name in out.stdout
+
+
+def test_train_then_eval_json(fmnist_train, tmp_path, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--model", "mlp", "--widths", "32", "--epochs", "1", "--seed", "3",
+                 "--out", str(ckpt), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["accuracy"] > 0.7
+    assert main(["eval", str(ckpt), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])
+    meta = mf.read_metadata(ckpt)
+    assert meta["seed"] == 3 and meta["dataset"] == "fashion-mnist" and len(meta["history"]) == 1
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 40)
+    out = run_cli("eval", bad)
+    assert out.returncode == 1
+    assert out.stderr.startswith("modefuse: error:") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    debug = run_cli("eval", bad, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    out = run_cli("train", "--dataset", "mnist", "--data-dir", tmp_path, "--out", tmp_path / "x.safetensors")
+    assert out.returncode == 1 and "mnist (train) not found" in out.stderr and str(tmp_path) in out.stderr

@@ -1,0 +1,24 @@
+"""Small instances of every zoo model, for both input kinds (28x28 gray, 32x32 color)."""
+import modefuse as mf
+
+INPUTS = {"gray28": (1, 28, 28), "color32": (3, 32, 32)}
+
+ZOO = {
+    "mlp": dict(widths=[32, 16, 8]),
+    "mlp_nobias": dict(widths=[16, 16], bias=False),
+    "vgg": dict(width=0.125),
+    "vgg_bn": dict(width=0.125, batch_norm=True),
+    "resnet20": dict(width=1.0),
+    "resnet20_layer": dict(width=1.0, norm="layer"),
+    "resnet20_none": dict(width=1.0, norm="none"),
+    "resnet18": dict(width=0.125),
+    "rnn": dict(hidden=16),
+    "lstm": dict(hidden=16),
+}
+
+
+def build(key, input_kind="gray28", seed=0, num_classes=10):
+    name = key.split("_")[0]
+    shape = INPUTS[input_kind]
+    kwargs = {**mf.models.input_kwargs(name, shape, num_classes), **ZOO[key]}
+    return mf.models.build(name, seed=seed, **kwargs)
