@@ -43,3 +43,22 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     out = run_cli("train", "--dataset", "mnist", "--data-dir", tmp_path, "--out", tmp_path / "x.safetensors")
     assert out.returncode == 1 and "mnist (train) not found" in out.stderr and str(tmp_path) in out.stderr
+
+
+def test_align_and_interpolate_commands(fmnist_train, tmp_path, capsys):
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        assert main(["train", "--widths", "64", "--epochs", "1", "--seed", str(seed), "--out", str(paths[-1])]) == 0
+    out = tmp_path / "b_to_a.safetensors"
+    assert main(["align", str(paths[0]), str(paths[1]), "--method", "activation", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["groups"] == 1 and report["units_moved"] > 32
+    assert mf.read_metadata(out)["aligned_to"] == str(paths[0])
+    plot = tmp_path / "lmc.png"
+    assert main(["interpolate", str(paths[0]), str(paths[1]), "--align", "weight", "--steps", "5",
+                 "--plot", str(plot), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res) == {"naive", "aligned (weight)"}
+    assert res["aligned (weight)"]["loss_barrier"] < res["naive"]["loss_barrier"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

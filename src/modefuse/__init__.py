@@ -13,3 +13,18 @@ __all__ = [
     "__version__", "data", "models", "train", "evaluate", "save", "load", "read_metadata",
     "ModefuseError", "DataNotFoundError", "CheckpointError", "ArchitectureMismatchError", "SpecInferenceError",
 ]
+
+from .infer import infer_spec  # noqa: E402
+from .spec import Layout, PermutationSpec  # noqa: E402
+from .transport import permute  # noqa: E402
+
+__all__ += ["infer_spec", "PermutationSpec", "Layout", "permute"]
+
+from .align import Alignment, align  # noqa: E402
+
+__all__ += ["align", "Alignment"]
+
+from .bn import reset_bn  # noqa: E402
+from .interpolate import Path, interpolate  # noqa: E402
+
+__all__ += ["reset_bn", "interpolate", "Path"]

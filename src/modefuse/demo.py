@@ -1,4 +1,4 @@
-"""`make demo`: train two small models on Fashion-MNIST, then write their checkpoints and a summary.
+"""`make demo`: train two MLPs on Fashion-MNIST, align them, plot naive vs aligned interpolation, summarize.
 
 Finished models are reused when the demo is run again (see `modefuse.trained`).
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import modefuse as mf
 from modefuse.atomic import write_json, write_text
+from modefuse.plots import plot_paths
 from modefuse.trained import trained
 
 
@@ -28,6 +29,16 @@ def run(out: Path, epochs: int = 5, seeds=(0, 1), data_dir: str | None = None) -
                              test_data=test_ds, model_kwargs={"widths": [512, 512, 512]})
         summary["models"][name] = mf.evaluate(nets[name], test_ds)
         print(f"[demo] {name}: test accuracy {summary['models'][name]['accuracy']:.4f}")
+    a, b = nets["mlp_seed0"], nets["mlp_seed1"]
+    print("[demo] aligning mlp_seed1 to mlp_seed0 by weight matching")
+    aligned = mf.align(a, b, method="weight", seed=0)
+    mf.save(aligned.model, out / "mlp_seed1_to_seed0.safetensors", dataset="fashion-mnist",
+            aligned_to="mlp_seed0", alignment_method="weight")
+    paths = {"naive": mf.interpolate(a, b, test_ds), "aligned (weight matching)": mf.interpolate(a, aligned.model,
+                                                                                                 test_ds)}
+    plot_paths(paths, out / "interpolation.png", title="MLP 512x3 on Fashion-MNIST: seed 0 (alpha 0) to seed 1")
+    summary["interpolation"] = {k: {"loss_barrier": p.loss_barrier, "accuracy_barrier": p.accuracy_barrier}
+                                for k, p in paths.items()}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", _markdown(summary))
@@ -39,6 +50,11 @@ def _markdown(s: dict) -> str:
     lines = [f"# modefuse demo ({s['dataset']}, {s['model']}, {s['epochs']} epochs)", "",
              "| model | test loss | test accuracy |", "|---|---|---|"]
     lines += [f"| {k} | {v['loss']:.4f} | {v['accuracy']:.4f} |" for k, v in s["models"].items()]
+    if "interpolation" in s:
+        lines += ["", "Linear interpolation between the two (test set, 25 points; plot: interpolation.png):", "",
+                  "| path | loss barrier | accuracy barrier (points) |", "|---|---|---|"]
+        lines += [f"| {k} | {v['loss_barrier']:.4f} | {100 * v['accuracy_barrier']:.2f} |"
+                  for k, v in s["interpolation"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -219,3 +219,21 @@ def build_for(name: str, dataset, *, seed: int | None = None, **kwargs) -> nn.Mo
     """Build zoo model `name` sized for `dataset`'s images and classes; `kwargs` override."""
     num_classes = getattr(dataset, "num_classes", 10)
     return build(name, seed=seed, **{**input_kwargs(name, dataset.input_shape, num_classes), **kwargs})
+
+
+def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor | None:
+    """A random input batch of the right shape for a zoo model (None for other modules)."""
+    arch = getattr(model, "arch", None)
+    if not arch:
+        return None
+    kw = arch["kwargs"]
+    name = arch["name"]
+    if name == "mlp":
+        return torch.rand(batch, kw["in_features"])
+    if name == "vgg":
+        return torch.rand(batch, kw["in_channels"], kw["in_size"], kw["in_size"])
+    if name == "resnet":
+        return torch.rand(batch, kw["in_channels"], 32, 32)
+    if name in ("rnn", "lstm"):
+        return torch.rand(batch, 1, 28, kw["input_size"])
+    return None

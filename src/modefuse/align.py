@@ -1,0 +1,136 @@
+"""Alignment of a pair: the hidden-unit permutations that put `model` into `reference`'s basin.
+
+Three methods over one permutation spec:
+- "weight": weight matching (Ainsworth et al. 2022), coordinate descent over groups in random order,
+  one linear assignment per step, until a sweep improves nothing;
+- "activation": activation matching / neuron alignment (Tatro et al. 2020): correlation of
+  standardized unit activations on data, one assignment per group;
+- "weight_cov": weight matching in which each layer's input axis is weighted by the second moment
+  E[x x^T] of that layer's inputs on data (Ferbach et al. 2024): directions the data never excites
+  cost nothing.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .batching import first_inputs
+from .errors import ModefuseError
+from .infer import infer_spec
+from .models import example_input as zoo_example_input
+from .probe import input_second_moments, unit_correlations
+from .solvers import assignment
+from .spec import PermutationSpec
+from .statedict import check_finite, check_same_architecture
+from .transport import permute, permute_tensor, unit_rows
+
+METHODS = ("weight", "activation", "weight_cov")
+
+
+@dataclass
+class Alignment:
+    """`model` is the input model permuted toward the reference (same function); `perms` what was applied."""
+
+    model: nn.Module
+    perms: dict[str, torch.Tensor]
+    spec: PermutationSpec
+    method: str
+    history: list[float] = field(default_factory=list)  # weight matching: objective after each sweep
+
+
+def align(reference: nn.Module, model: nn.Module, method: str = "weight", example_input=None, data=None,
+          seed: int = 0, spec: PermutationSpec | None = None, max_sweeps: int = 100,
+          limit: int = 5000) -> Alignment:
+    """Permute `model`'s hidden units toward `reference`; neither input is changed.
+
+    `data` (batches, a Dataset or a tensor of inputs; `limit` examples are used) is needed by
+    "activation" and "weight_cov"; `spec` overrides the inferred permutation spec.
+    """
+    if method not in METHODS:
+        raise ModefuseError(f"unknown alignment method {method!r}; use one of {', '.join(METHODS)}")
+    ref_state, state = reference.state_dict(), model.state_dict()
+    check_same_architecture(ref_state, state, "the reference model", "the model to align")
+    check_finite(ref_state, "the reference model")
+    check_finite(state, "the model to align")
+    if method != "weight" and data is None:
+        raise ModefuseError(f"method {method!r} needs data: pass data= (a few thousand training inputs)")
+    spec = spec or infer_spec(reference, _example(reference, example_input, data))
+    spec.check(ref_state)
+    history: list[float] = []
+    if method == "activation":
+        graph = _graph(spec, reference, example_input, data)
+        corr = unit_correlations(reference, model, graph, spec.unit_nodes, data, limit=limit)
+        missing = [g for g in spec.groups if g not in corr]
+        if missing:
+            raise ModefuseError(f"no activations carry group {missing[0]!r}; align it by weights or pass a spec")
+        perms = {g: assignment(corr[g]) for g in spec.groups}
+    else:
+        targets = dict(ref_state)
+        if method == "weight_cov":
+            graph = _graph(spec, reference, example_input, data)
+            for layer, m2 in input_second_moments(reference, graph, data, limit=limit).items():
+                w = targets[f"{layer}.weight"]
+                targets[f"{layer}.weight"] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
+        perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps)
+    aligned = copy.deepcopy(model)
+    aligned.load_state_dict(permute(state, spec, perms))
+    return Alignment(aligned, perms, spec, method, history)
+
+
+def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                    seed: int = 0, max_sweeps: int = 100,
+                    init: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep."""
+    device = next(iter(state.values())).device
+    perms = {g: (init[g].clone() if init and g in init else torch.arange(n, device=device))
+             for g, n in spec.sizes.items()}
+    axes_of = spec.axes_of
+    ref_rows = {(g, k, a): unit_rows(ref[k].float(), spec, g, k, a) for g, axes in spec.groups.items()
+                for k, a in axes}
+    rng = np.random.default_rng(seed)
+    names = list(spec.groups)
+    history: list[float] = []
+    for _ in range(max_sweeps):
+        improved = False
+        for g in rng.permutation(names):
+            score = 0
+            for k, a in spec.groups[g]:
+                others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip_axis=a)
+                score = score + ref_rows[(g, k, a)] @ unit_rows(others, spec, g, k, a).T
+            new = assignment(score)
+            idx = torch.arange(len(new), device=score.device)
+            gain = (score[idx, new].sum() - score[idx, perms[g]].sum()).item()
+            if gain > 1e-6 * max(1.0, abs(score[idx, perms[g]].sum().item())):
+                perms[g], improved = new, True
+        history.append(_objective(spec, ref, state, perms))
+        if not improved:
+            break
+    return perms, history
+
+
+def _objective(spec, ref, state, perms) -> float:
+    permuted = permute(state, spec, perms)
+    return float(sum((ref[k].float() * permuted[k].float()).sum() for k in spec.axes_of))
+
+
+def _example(model, example_input, data):
+    if example_input is not None:
+        return example_input
+    if data is not None:
+        return first_inputs(data)
+    x = zoo_example_input(model)
+    if x is None:
+        raise ModefuseError("pass example_input= (one batch of inputs) so that the model can be traced")
+    return x
+
+
+def _graph(spec, model, example_input, data):
+    if spec.graph_module is None:  # a hand-written spec: trace for the activation taps
+        traced = infer_spec(model, _example(model, example_input, data))
+        spec.unit_nodes, spec.graph_module = traced.unit_nodes, traced.graph_module
+    return spec.graph_module.graph

@@ -1,0 +1,101 @@
+"""Statistics of hidden units on data, read at named nodes of a model's fx graph.
+
+Activation matching needs the cross-correlation of two models' units;
+covariance-weighted weight matching needs the second moment of each layer's
+inputs. Both stream over batches, so memory does not grow with the data.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .batching import batches
+
+
+def tap(model: nn.Module, graph: fx.Graph, node_names: list[str]) -> fx.GraphModule:
+    """A module computing the outputs of `node_names` of `graph` (traced from `model`'s architecture)."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    wanted = set(node_names)
+    for node in graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = g.node_copy(node, lambda n: env[n])
+    by_name = {n.name: env[n] for n in graph.nodes if n.name in wanted}
+    g.output(tuple(by_name[n] for n in node_names))
+    gm = fx.GraphModule(model, g)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """(samples, units): every position other than the unit axis is a sample (conv: space; RNN: steps)."""
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis]).double()
+
+
+class CrossMoments:
+    """Running sums for the correlation between the units of two models."""
+
+    def __init__(self):
+        self.n = 0
+        self.sa = self.sb = self.saa = self.sbb = self.sab = 0.0
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.n += len(a)
+        self.sa = self.sa + a.sum(0)
+        self.sb = self.sb + b.sum(0)
+        self.saa = self.saa + (a * a).sum(0)
+        self.sbb = self.sbb + (b * b).sum(0)
+        self.sab = self.sab + a.T @ b
+
+    def correlation(self, eps: float = 1e-8) -> torch.Tensor:
+        ma, mb = self.sa / self.n, self.sb / self.n
+        cov = self.sab / self.n - ma[:, None] * mb[None, :]
+        sa = (self.saa / self.n - ma ** 2).clamp_min(0).sqrt()
+        sb = (self.sbb / self.n - mb ** 2).clamp_min(0).sqrt()
+        return cov / (sa[:, None] * sb[None, :] + eps)
+
+
+@torch.no_grad()
+def unit_correlations(ref: nn.Module, model: nn.Module, graph: fx.Graph,
+                      taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
+                      batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
+    names = sorted({n for nodes in taps.values() for n, _ in nodes})
+    ga, gb = tap(ref, graph, names).eval(), tap(model, graph, names).eval()
+    stats = {n: CrossMoments() for n in names}
+    axis = {n: ax for nodes in taps.values() for n, ax in nodes}
+    device = next(ref.parameters()).device
+    for x, _ in batches(data, batch_size, device=device, limit=limit):
+        for name, a, b in zip(names, ga(x), gb(x)):
+            stats[name].update(as_samples(a, axis[name]), as_samples(b, axis[name]))
+    return {g: sum(stats[n].correlation() for n, _ in nodes) for g, nodes in taps.items() if nodes}
+
+
+@torch.no_grad()
+def input_second_moments(model: nn.Module, graph: fx.Graph, data, limit: int = 5000,
+                         batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """E[x x^T] of the inputs of every Linear and Conv module, keyed by module name.
+
+    Linear: over input features; conv: over input channels, positions as samples.
+    """
+    inputs, axes = {}, {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            mod = model.get_submodule(node.target)
+            if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                inputs[node.target] = node.args[0].name
+                axes[node.args[0].name] = 1 if not isinstance(mod, nn.Linear) else -1
+    names = sorted(set(inputs.values()))
+    g = tap(model, graph, names).eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = dict.fromkeys(names, 0)
+    device = next(model.parameters()).device
+    for x, _ in batches(data, batch_size, device=device, limit=limit):
+        for name, t in zip(names, g(x)):
+            s = as_samples(t, axes[name] % t.dim())
+            sums[name] = sums.get(name, 0) + s.T @ s
+            count[name] += len(s)
+    return {layer: sums[name] / count[name] for layer, name in inputs.items()}
