@@ -44,12 +44,15 @@ class Alignment:
 
 
 def align(reference: nn.Module, model: nn.Module, method: str = "weight", example_input=None, data=None,
-          seed: int = 0, spec: PermutationSpec | None = None, max_sweeps: int = 100,
+          seed: int = 0, spec: PermutationSpec | None = None, max_sweeps: int = 100, tol: float = 1e-3,
           limit: int = 5000) -> Alignment:
     """Permute `model`'s hidden units toward `reference`; neither input is changed.
 
     `data` (batches, a Dataset or a tensor of inputs; `limit` examples are used) is needed by
-    "activation" and "weight_cov"; `spec` overrides the inferred permutation spec.
+    "activation" and "weight_cov"; `spec` overrides the inferred permutation spec. Weight matching
+    stops when a sweep over all groups raises its objective by less than `tol` (relative; 0: only
+    when no permutation changes): on two trained MLPs the last 10 of 16 exact sweeps add 0.2% to the
+    objective and leave the loss barrier as it is (benchmarks/align_speed.py).
     """
     if method not in METHODS:
         raise ModefuseError(f"unknown alignment method {method!r}; use one of {', '.join(METHODS)}")
@@ -76,39 +79,67 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
             for layer, m2 in input_second_moments(reference, graph, data, limit=limit).items():
                 w = targets[f"{layer}.weight"]
                 targets[f"{layer}.weight"] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
-        perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps)
+        perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps, tol=tol)
     aligned = copy.deepcopy(model)
     aligned.load_state_dict(permute(state, spec, perms))
     return Alignment(aligned, perms, spec, method, history)
 
 
 def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                    seed: int = 0, max_sweeps: int = 100,
+                    seed: int = 0, max_sweeps: int = 100, tol: float = 0.0,
                     init: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep."""
+    """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep.
+
+    Stops after a sweep that changes no permutation or, with `tol` > 0, raises the objective by
+    less than `tol` times its value (the last sweeps of exact convergence move it by ~1e-4 each).
+
+    Exact coordinate descent, with the work that cannot change the answer left out: each tensor's
+    score term is recomputed only when a permutation it depends on has changed, and a group whose
+    neighbours kept their permutations since its last solve keeps its own (same score matrix).
+    """
     device = next(iter(state.values())).device
     perms = {g: (init[g].clone() if init and g in init else torch.arange(n, device=device))
              for g, n in spec.sizes.items()}
     axes_of = spec.axes_of
     ref_rows = {(g, k, a): unit_rows(ref[k].float(), spec, g, k, a) for g, axes in spec.groups.items()
                 for k, a in axes}
+    # the groups each entry's score depends on (the other permuted axes of its tensor)
+    depends = {(g, k, a): {h for ax, h in axes_of[k] if ax != a} for g, axes in spec.groups.items()
+               for k, a in axes}
+    neighbours = {g: set().union(*(depends[(g, k, a)] for k, a in axes)) for g, axes in spec.groups.items()}
+    version = dict.fromkeys(spec.groups, 0)  # bumped whenever a group's permutation changes
+    terms: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # entry -> (versions it was computed at, term)
+
+    def term(g, k, a):
+        seen = tuple(version[h] for h in sorted(depends[(g, k, a)]))
+        if (g, k, a) not in terms or terms[(g, k, a)][0] != seen:
+            others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip_axis=a)
+            terms[(g, k, a)] = seen, ref_rows[(g, k, a)] @ unit_rows(others, spec, g, k, a).T
+        return terms[(g, k, a)][1]
+
+    solved_at: dict[str, dict[str, int]] = {}
     rng = np.random.default_rng(seed)
     names = list(spec.groups)
+    objective = _objective(spec, ref, state, perms)
     history: list[float] = []
     for _ in range(max_sweeps):
-        improved = False
+        improved, sweep_gain = False, 0.0
         for g in rng.permutation(names):
-            score = 0
-            for k, a in spec.groups[g]:
-                others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip_axis=a)
-                score = score + ref_rows[(g, k, a)] @ unit_rows(others, spec, g, k, a).T
+            seen = {h: version[h] for h in neighbours[g]}
+            if solved_at.get(g) == seen:  # same score matrix as at its last solve: same answer
+                continue
+            solved_at[g] = seen
+            score = sum(term(g, k, a) for k, a in spec.groups[g])
             new = assignment(score)
             idx = torch.arange(len(new), device=score.device)
             gain = (score[idx, new].sum() - score[idx, perms[g]].sum()).item()
-            if gain > 1e-6 * max(1.0, abs(score[idx, perms[g]].sum().item())):
+            if gain > 1e-9 * max(1.0, abs(score[idx, perms[g]].sum().item())):
                 perms[g], improved = new, True
-        history.append(_objective(spec, ref, state, perms))
-        if not improved:
+                version[g] += 1
+                sweep_gain += gain  # the objective's change: the score holds every term touching g
+        objective += sweep_gain
+        history.append(objective)
+        if not improved or sweep_gain < tol * abs(objective):
             break
     return perms, history
 

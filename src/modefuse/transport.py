@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from .spec import PermutationSpec
+from .spec import PLAIN, PermutationSpec
 
 State = dict[str, torch.Tensor]
 
@@ -44,9 +44,11 @@ def axis_index(spec: PermutationSpec, group: str, key: str, axis: int, perm: tor
 def unit_rows(tensor: torch.Tensor, spec: PermutationSpec, group: str, key: str, axis: int) -> torch.Tensor:
     """The slice of `tensor` belonging to `group`'s units as a matrix: one row of features per unit."""
     n = spec.sizes[group]
-    pos = spec.layout(group, key, axis).positions(n).to(tensor.device)
+    layout = spec.layout(group, key, axis)
     moved = tensor.movedim(axis, 0)
-    return moved[pos.flatten()].reshape(n, -1)
+    if layout == PLAIN and tensor.shape[axis] == n:
+        return moved.reshape(n, -1)
+    return moved[layout.positions(n).to(tensor.device).flatten()].reshape(n, -1)
 
 
 def invert(perm: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""Weight matching: modefuse against the `rebasin` package (PyPI, its PermutationCoordinateDescent), same models.
+
+Prints, per model: mean wall time of each over seeds 0..--repeats-1 (after a warm-up), the speed ratio, and the
+quality each reaches: the worst loss barrier over those seeds on the Fashion-MNIST test set for the trained MLP pair, and
+the weight-matching objective sum_k <W_a[k], W_b_aligned[k]> (higher is better) for every model.
+The MLP pair (784-512-512-512-10, 5 epochs of Adam, seeds 0 and 1) is trained once into runs/bench/.
+ResNet-20 at width x4 and x16 is compared at initialization (seeds 0 and 1): training them is out of
+reach on 2 CPU cores, and matching time does not depend on training.
+
+Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+import modefuse as mf
+from modefuse.trained import trained
+
+
+def objective(a, b) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sum(float((sa[k].double() * sb[k].double()).sum()) for k in sa if sa[k].is_floating_point())
+
+
+def ours(a, b, x, seed):
+    return mf.align(a, b, method="weight", example_input=x, seed=seed).model
+
+
+def theirs(a, b, x, seed):
+    from rebasin import PermutationCoordinateDescent
+    torch.manual_seed(seed)  # rebasin draws its group order from torch's global generator
+    bb = copy.deepcopy(b)
+    PermutationCoordinateDescent(a, bb, x).rebasin()
+    return bb
+
+
+def mean_time(fn, *args, repeats):
+    """Mean wall time over seeds 0..repeats-1 (the number of sweeps depends on the group order)."""
+    times, outs = [], []
+    for seed in range(repeats):
+        t0 = time.perf_counter()
+        outs.append(fn(*args, seed))
+        times.append(time.perf_counter() - t0)
+    return sum(times) / len(times), outs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-x16", action="store_true", help="leave out ResNet-20 x16 (the slowest case)")
+    args = p.parse_args()
+    try:
+        import rebasin  # noqa: F401
+    except ImportError:
+        raise SystemExit("install the baseline first: .venv/bin/pip install rebasin==0.0.47")
+    train = mf.data.load("fashion-mnist", "train")
+    test = mf.data.load("fashion-mnist", "test")
+    mlp = [trained(f"runs/bench/mlp512x3_seed{s}.safetensors", "mlp", train, seed=s, epochs=5,
+                   model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
+    cases = [("MLP 784-512x3-10 (trained)", mlp, torch.rand(2, 1, 28, 28))]
+    widths = (4,) if args.skip_x16 else (4, 16)
+    for w in widths:
+        pair = [mf.models.build("resnet20", width=w, in_channels=1, seed=s).eval() for s in (0, 1)]
+        cases.append((f"ResNet-20 x{w} (init)", pair, torch.rand(2, 1, 28, 28)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mean over {args.repeats} seeds")
+    print(f"{'model':28s} {'modefuse s':>10s} {'rebasin s':>10s} {'speed-up':>9s} "
+          f"{'objective ours/theirs':>22s} {'loss barrier ours / theirs / naive':>36s}")
+    for label, (a, b), x in cases:
+        ours(a, b, x, 0)  # warm-up: tracing machinery, thread pools
+        t_ours, m_ours = mean_time(ours, a, b, x, repeats=args.repeats)
+        t_theirs, m_theirs = mean_time(theirs, a, b, x, repeats=args.repeats)
+        ratio = sum(objective(a, m) for m in m_ours) / sum(objective(a, m) for m in m_theirs)
+        barrier = ""
+        if "trained" in label:
+            lb = [max(mf.interpolate(a, m, test, progress=False).loss_barrier for m in ms) for ms in (m_ours, m_theirs)]
+            barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a, b, test, progress=False).loss_barrier:.3f}"
+        print(f"{label:28s} {t_ours:10.3f} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {ratio:22.5f} {barrier:>36s}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
