@@ -28,3 +28,7 @@ from .bn import reset_bn  # noqa: E402
 from .interpolate import Path, interpolate  # noqa: E402
 
 __all__ += ["reset_bn", "interpolate", "Path"]
+
+from .fuse import Fusion, fuse  # noqa: E402
+
+__all__ += ["fuse", "Fusion"]

@@ -92,6 +92,7 @@ class _Walker:
         self.entries: list[tuple[int, str, int, Layout]] = []  # (var, key, axis, layout)
         self.state_keys = set(model.state_dict())
         self.info: dict[fx.Node, Any] = {}
+        self.contracted: set[tuple[str, int]] = set()
         self.unit_nodes: dict[int, list[tuple[fx.Node, int]]] = {}  # var -> nodes carrying it plainly
 
     # ------------------------------------------------------------ union-find over unit variables
@@ -138,7 +139,9 @@ class _Walker:
             self.entries.append((var, key, axis, layout))
 
     def add_segs(self, units: Units | None, key: str, axis: int) -> None:
-        if units is not None:
+        """Entries where `units` are contracted: the input axis of a layer."""
+        if units is not None and key in self.state_keys:
+            self.contracted.add((key, axis))
             for s in units.segs:
                 self.add(s.var, key, axis, s.layout)
 
@@ -247,7 +250,7 @@ class _Walker:
             v = self.new_var(h, t if mod.num_layers == 1 else f"{t}.l{layer}")
             for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 self.add(v, f"{t}.{w}_l{layer}", 0, gate_layout)
-            self.add(v, f"{t}.weight_hh_l{layer}", 1)
+            self.add_segs(Units(2, (Seg(v),)), f"{t}.weight_hh_l{layer}", 1)
             self.add_segs(prev, f"{t}.weight_ih_l{layer}", 1)
             prev = Units(2, (Seg(v),))
             layer_vars.append(v)
@@ -516,6 +519,6 @@ def infer_spec(model: nn.Module, example_input, leaf_modules: tuple[type, ...] =
     for v, nodes in w.unit_nodes.items():
         if w.find(v) != FIXED:
             unit_nodes.setdefault(w.creator[w.find(v)], []).extend((n.name, ax) for n, ax in nodes)
-    spec = PermutationSpec(groups, layouts, sizes, unit_nodes=unit_nodes)
+    spec = PermutationSpec(groups, layouts, sizes, contracted=w.contracted, unit_nodes=unit_nodes)
     spec.graph_module = gm
     return spec.check(model.state_dict())

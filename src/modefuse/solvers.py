@@ -5,6 +5,7 @@ Callers pass torch tensors on any device and get torch tensors back on it.
 from __future__ import annotations
 
 import numpy as np
+import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -23,3 +24,27 @@ def assignment(score: torch.Tensor, maximize: bool = True) -> torch.Tensor:
     perm = torch.empty(len(rows), dtype=torch.long)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
     return perm.to(score.device)
+
+
+def uniform(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+
+
+def ot_plan(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
+            eps: float | None = None) -> torch.Tensor:
+    """Optimal transport plan between marginals a, b (uniform by default) for `cost`, mass 1.
+
+    eps None: exact OT (POT's network simplex, on the CPU); eps > 0: entropic OT (POT's log-domain
+    Sinkhorn, on the tensors' device) with eps relative to the largest cost.
+    """
+    cost = cost.detach().double()
+    if not torch.isfinite(cost).all():
+        raise ValueError("the transport cost has NaN or infinite entries (NaN weights?)")
+    a = uniform(cost.shape[0], cost) if a is None else a.to(cost)
+    b = uniform(cost.shape[1], cost) if b is None else b.to(cost)
+    if eps is None:
+        plan = ot.emd(a.cpu(), b.cpu(), cost.cpu(), numItermax=10_000_000).to(cost.device)
+    else:
+        scale = cost.abs().max().clamp_min(1e-12)
+        plan = ot.bregman.sinkhorn_log(a, b, cost / scale, eps, numItermax=2000, stopThr=1e-9)
+    return plan.float()

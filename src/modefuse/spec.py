@@ -45,6 +45,9 @@ class PermutationSpec:
     groups: dict[str, list[tuple[str, int]]]
     layouts: dict[tuple[str, str, int], Layout] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    # entries where the group's units are contracted (a layer's input axis) rather than produced;
+    # fusion maps them with the source width's scale. None: axis >= 1 of a tensor of 2+ dims
+    contracted: set[tuple[str, int]] | None = None
     # inferred specs also name, per group, the graph nodes whose outputs carry its units (node, axis):
     # activation-based alignment records them
     unit_nodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False, compare=False)
@@ -56,6 +59,12 @@ class PermutationSpec:
 
     def layout(self, group: str, key: str, axis: int) -> Layout:
         return self.layouts.get((group, key, axis), PLAIN)
+
+    def is_input(self, key: str, axis: int, ndim: int) -> bool:
+        """Whether `axis` of tensor `key` contracts units (a layer's input) rather than holding them."""
+        if self.contracted is not None:
+            return (key, axis) in self.contracted
+        return axis >= 1 and ndim >= 2
 
     @property
     def axes_of(self) -> dict[str, list[tuple[int, str]]]:

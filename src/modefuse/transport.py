@@ -10,6 +10,7 @@ from typing import Mapping
 
 import torch
 
+from .errors import ModefuseError
 from .spec import PLAIN, PermutationSpec
 
 State = dict[str, torch.Tensor]
@@ -49,6 +50,44 @@ def unit_rows(tensor: torch.Tensor, spec: PermutationSpec, group: str, key: str,
     if layout == PLAIN and tensor.shape[axis] == n:
         return moved.reshape(n, -1)
     return moved[layout.positions(n).to(tensor.device).flatten()].reshape(n, -1)
+
+
+def transport(state: Mapping[str, torch.Tensor], spec: PermutationSpec, couplings: Mapping[str, torch.Tensor]) -> State:
+    """`state` mapped into a target basis by one coupling `pi` (n_target x n_source, mass 1) per group.
+
+    Axes holding a group's units get n_target * pi: each target unit is the barycentric average of
+    the source units coupled to it. Axes contracting them (a layer's inputs) get n_source * pi: each
+    source input's weight is shared among the target inputs coupled to it, so the layer's output is
+    unchanged when pi is a permutation or splits each unit into copies (a wider target). Scaling that
+    side by n_target instead (the WB paper's factor) is function-preserving only when the widths are
+    equal: splitting into copies would multiply the layer's output by n_target / n_source.
+    """
+    out = dict(state)
+    for key, axes in spec.axes_of.items():
+        t = state[key]
+        for axis, group in axes:
+            if group not in couplings:
+                continue
+            pi = couplings[group].to(t.device, t.dtype if t.is_floating_point() else torch.float32)
+            n_t, n_s = pi.shape
+            scale = n_s if spec.is_input(key, axis, t.dim()) else n_t
+            t = apply_along(t, axis, scale * pi, spec.layout(group, key, axis), key)
+        out[key] = t
+    return out
+
+
+def apply_along(t: torch.Tensor, axis: int, m: torch.Tensor, layout, key: str = "") -> torch.Tensor:
+    """Multiply the units of `axis` (laid out by `layout`) by matrix m (n_target x n_source)."""
+    n_t, n_s = m.shape
+    size = t.shape[axis]
+    if layout.offset != 0 or layout.tiles * layout.block * n_s != size or layout.stride not in (0, n_s * layout.block):
+        raise ModefuseError(f"axis {axis} of {key!r} holds units of several groups (a concatenation?); fusion "
+                            f"with soft or rectangular couplings needs each axis to belong to one group")
+    x = t.movedim(axis, 0)
+    rest = x.shape[1:]
+    x = x.reshape(layout.tiles, n_s, layout.block, -1)
+    y = torch.einsum("tn,gnbr->gtbr", m, x.to(m.dtype)).to(t.dtype)
+    return y.reshape(layout.tiles * n_t * layout.block, *rest).movedim(0, axis)
 
 
 def invert(perm: torch.Tensor) -> torch.Tensor:
