@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import modefuse as mf
+from modefuse.trained import trained
 
 
 def _load(split):
@@ -26,6 +27,25 @@ def fmnist_train():
 @pytest.fixture(scope="session")
 def fmnist_test():
     return _load("test")
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="session")
+def mlp_pair(fmnist_train, zoo_dir):
+    """Two 784-512-512-512-10 MLPs, 5 epochs of Adam, seeds 0 and 1."""
+    return [trained(zoo_dir / f"mlp512_s{s}.safetensors", "mlp", fmnist_train, seed=s, epochs=5, progress=False,
+                    model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def mlp400_six(fmnist_train, zoo_dir):
+    """Six 400-200-100 MLPs trained independently (2 epochs of Adam, seeds 0..5), as in the WB paper."""
+    return [trained(zoo_dir / f"mlp400_s{s}.safetensors", "mlp", fmnist_train, seed=s, epochs=2, progress=False,
+                    model_kwargs={"widths": [400, 200, 100]}) for s in range(6)]
 
 
 @pytest.fixture(autouse=True)

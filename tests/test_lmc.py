@@ -3,14 +3,6 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.trained import trained
-
-
-@pytest.fixture(scope="session")
-def mlp_pair(fmnist_train, fmnist_test, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lmc")
-    return [trained(root / f"s{s}.safetensors", "mlp", fmnist_train, seed=s, epochs=5, progress=False,
-                    model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
 
 
 def test_endpoints_of_the_path_are_the_models(mlp_pair, fmnist_test):

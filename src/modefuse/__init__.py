@@ -32,3 +32,7 @@ __all__ += ["reset_bn", "interpolate", "Path"]
 from .fuse import Fusion, fuse  # noqa: E402
 
 __all__ += ["fuse", "Fusion"]
+
+from .repair import repair  # noqa: E402
+
+__all__ += ["repair"]

@@ -163,6 +163,59 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def _fuse_args(p):
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to fuse (the first is model 0)")
+    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein", "gromov"])
+    p.add_argument("--width", help="target width per group, comma separated in the order of the spec's groups "
+                                    "(e.g. 300,150,75 for an MLP); default: model 0's")
+    p.add_argument("--weights", help="model weights lambda_i, comma separated (default uniform)")
+    p.add_argument("--eps", type=float, help="Sinkhorn regularization (relative); default exact OT")
+    p.add_argument("--finetune", type=int, default=0, metavar="EPOCHS", help="fine-tune the fused model (Adam)")
+    p.add_argument("--repair", action="store_true", help="apply REPAIR to the fused model")
+    p.add_argument("--plot-couplings", metavar="PNG", help="heat maps of the couplings")
+    p.add_argument("--out", required=True, help="fused checkpoint to write (.safetensors)")
+    _add_data_args(p, dataset_default=None)
+
+
+@command("fuse", "fuse K models into one (vanilla averaging, OTFusion, Wasserstein/Gromov-Wasserstein "
+                 "barycenter) and compare them", _fuse_args)
+def cmd_fuse(args) -> int:
+    import modefuse as mf
+    models = [mf.load(c) for c in args.checkpoints]
+    test = _load_data(args, "test", models[0])
+    train = _load_data(args, "train", models[0]) if (args.finetune or args.repair) else None
+    widths = [int(w) for w in args.width.split(",")] if args.width else None
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, progress=True)
+    model = fus.model
+    rows = {f"input {i} ({Path(c).name})": mf.evaluate(m, test)["accuracy"]
+            for i, (m, c) in enumerate(zip(models, args.checkpoints))}
+    same = all(m.state_dict()[k].shape == v.shape for m in models for k, v in models[0].state_dict().items())
+    if same:
+        rows["vanilla averaging"] = mf.evaluate(mf.fuse(models, "average", weights=weights).model, test)["accuracy"]
+    rows[f"fused ({args.method})"] = mf.evaluate(model, test)["accuracy"]
+    if args.repair:
+        model = mf.repair(model, models, train, weights=weights, couplings=fus.couplings)
+        rows["fused + REPAIR"] = mf.evaluate(model, test)["accuracy"]
+    if args.finetune:
+        mf.train(model, train, epochs=args.finetune, lr=1e-4, seed=0)
+        rows[f"fused + {args.finetune} epoch(s) fine-tuning"] = mf.evaluate(model, test)["accuracy"]
+    meta = {k: v for k, v in models[0].checkpoint_metadata.items() if k in ("dataset",)}
+    mf.save(model, args.out, **meta, fused_from=args.checkpoints, fusion_method=args.method,
+            metrics={"accuracy": list(rows.values())[-1]})
+    if args.plot_couplings and fus.couplings:
+        from .plots import plot_couplings
+        plot_couplings(fus.couplings, args.plot_couplings)
+    if args.json:
+        print(json.dumps({"out": args.out, "test_accuracy": rows}))
+    else:
+        print(f"{'model':>40}  test accuracy")
+        for k, v in rows.items():
+            print(f"{k:>40}  {100 * v:.2f}%")
+        print(f"{'written':>40}  {args.out}")
+    return 0
+
+
 def _report(args, result: dict) -> None:
     """Print `result` as JSON with --json, else as aligned `key: value` lines."""
     if getattr(args, "json", False):

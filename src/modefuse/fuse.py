@@ -12,7 +12,7 @@ target is the barycenter sum_i lambda_i transport(W_i, pi_i) (see `transport.tra
 - "wasserstein": the target is re-estimated after every sweep (free-support WB), any target width;
 - "gromov": as "wasserstein", but a recurrent layer's hidden coupling also matches the
   hidden-to-hidden matrices (a fused Gromov-Wasserstein term of weight `alpha_h`), solved by
-  alternating the coupling and the quadratic term's linearization (entropic by default);
+  alternating the coupling and the quadratic term's linearization;
   "wasserstein" ignores hidden-to-hidden matrices when coupling, as Wang et al. (2020) did.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
 
     weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
     order of the spec's groups; default: model 0's); eps: Sinkhorn regularization relative to the
-    largest cost (default exact OT; "gromov" defaults to 1e-3 on its recurrent groups).
+    largest cost (default: exact OT).
     """
     if method not in METHODS:
         raise ModefuseError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
@@ -138,8 +138,9 @@ class _Fuser:
             linear = linear + self.entry_cost(key, axis, g, i, others, {})
         if not recurrent or self.method != "gromov":
             return ot_plan(linear, eps=self.eps)
-        # fused Gromov-Wasserstein: linearize the quadratic term at the current coupling, re-solve
-        eps = self.eps if self.eps is not None else 1e-3
+        # fused Gromov-Wasserstein: linearize the quadratic term at the current coupling, re-solve.
+        # Exact OT in this loop beat entropic OT (eps 1e-2, 1e-3 relative) on Fashion-MNIST LSTMs.
+        eps = self.eps
         pi = ot_plan(linear, eps=eps) if isinstance(linear, torch.Tensor) else self.couplings[g][i]
         for _ in range(10):
             quad = sum(self.entry_cost(k, a, g, i, o, {g: pi}) for k, a, o in recurrent)

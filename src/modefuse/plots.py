@@ -34,3 +34,36 @@ def plot_paths(paths: Mapping[str, object], path: str | os.PathLike, title: str 
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_couplings(couplings: Mapping[str, list], path: str | os.PathLike, max_groups: int = 6,
+                   zoom: int = 48) -> None:
+    """Heat maps of the couplings (rows: target units, columns: model units), one row of panels per group.
+
+    A coupling close to a permutation (one bright cell per row and column, after sorting) is the
+    WB paper's evidence that the models lie in one basin up to permutation. Columns are sorted by the
+    target unit they send most mass to; the first `zoom` target units are shown, so cells stay visible.
+    """
+    import numpy as np
+    groups = list(couplings)[:max_groups]
+    k = max(len(couplings[g]) for g in groups)
+    fig, axes = plt.subplots(len(groups), k, figsize=(2.6 * k, 2.4 * len(groups)), squeeze=False)
+    for r, g in enumerate(groups):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(couplings[g]):
+                ax.axis("off")
+                continue
+            pi = couplings[g][c].detach().float().cpu().numpy()
+            order = np.argsort(pi.argmax(axis=0), kind="stable")  # columns sorted by their target unit
+            shown = (pi[:, order] * pi.shape[0])[:zoom, : max(1, zoom * pi.shape[1] // pi.shape[0])]
+            ax.imshow(shown, cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"model {c}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(g, fontsize=8)
+    fig.suptitle(f"couplings x n_target (first {zoom} target units x model units, columns sorted)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

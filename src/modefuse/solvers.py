@@ -46,5 +46,5 @@ def ot_plan(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor |
         plan = ot.emd(a.cpu(), b.cpu(), cost.cpu(), numItermax=10_000_000).to(cost.device)
     else:
         scale = cost.abs().max().clamp_min(1e-12)
-        plan = ot.bregman.sinkhorn_log(a, b, cost / scale, eps, numItermax=2000, stopThr=1e-9)
+        plan = ot.bregman.sinkhorn_log(a, b, cost / scale, eps, numItermax=10_000, stopThr=1e-9)
     return plan.float()

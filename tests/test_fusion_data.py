@@ -1,0 +1,83 @@
+"""Fusion on real data (Fashion-MNIST): the WB paper's claims at a small scale."""
+import pytest
+
+import modefuse as mf
+from modefuse.interpolate import Blender
+
+
+def acc(model, data):
+    return mf.evaluate(model, data)["accuracy"]
+
+
+def test_wb_and_otfusion_far_above_averaging_and_finetuning_closes_the_gap(mlp400_six, fmnist_train, fmnist_test):
+    inputs = [acc(m, fmnist_test) for m in mlp400_six]
+    table = {}
+    for k in (2, 4, 6):
+        for method in ("average", "otfusion", "wasserstein"):
+            table[(k, method)] = acc(mf.fuse(mlp400_six[:k], method=method).model, fmnist_test)
+    print("inputs", inputs, "fused", table)
+    for k in (2, 4, 6):
+        for method in ("otfusion", "wasserstein"):
+            assert table[(k, method)] > table[(k, "average")] + 0.05, (k, method, table)
+    assert table[(4, "wasserstein")] >= table[(4, "average")] + 0.10
+    assert table[(4, "otfusion")] >= table[(4, "average")] + 0.10
+    fused = mf.fuse(mlp400_six[:4], method="wasserstein").model
+    mf.train(fused, fmnist_train, epochs=1, lr=1e-4, seed=0, progress=False)
+    best = max(inputs[:4])
+    tuned = acc(fused, fmnist_test)
+    print("fine-tuned", tuned, "best input", best)
+    assert best - tuned < 0.25 * (best - table[(4, "wasserstein")])  # most of the gap closed
+
+
+def test_models_of_different_widths_fuse_into_a_third_width(fmnist_train, fmnist_test, zoo_dir, mlp400_six):
+    from modefuse.trained import trained
+    wide = mlp400_six[0]
+    narrow = trained(zoo_dir / "mlp200_s1.safetensors", "mlp", fmnist_train, seed=1, epochs=2, progress=False,
+                     model_kwargs={"widths": [200, 100, 50]})
+    fus = mf.fuse([wide, narrow], method="wasserstein", widths=[300, 150, 75])
+    assert fus.model.arch["kwargs"]["widths"] == [300, 150, 75]
+    zero_step = acc(fus.model, fmnist_test)
+    mf.train(fus.model, fmnist_train, epochs=1, lr=1e-4, seed=0, progress=False)
+    tuned = acc(fus.model, fmnist_test)
+    inputs = [acc(wide, fmnist_test), acc(narrow, fmnist_test)]
+    print("inputs", inputs, "fused", zero_step, "fine-tuned", tuned)
+    assert zero_step > 0.3  # chance is 0.1
+    assert tuned > min(inputs) - 0.03
+
+
+def test_gromov_beats_averaging_and_wb_on_lstms(fmnist_train, fmnist_test, zoo_dir):
+    from modefuse.trained import trained
+    lstms = [trained(zoo_dir / f"lstm_s{s}.safetensors", "lstm", fmnist_train, seed=s, epochs=2, progress=False,
+                     model_kwargs={"hidden": 128}) for s in (0, 1)]
+    res = {m: acc(mf.fuse(lstms, method=m).model, fmnist_test) for m in ("average", "wasserstein", "gromov")}
+    print("inputs", [acc(m, fmnist_test) for m in lstms], "fused", res)
+    assert res["gromov"] > res["average"] + 0.05
+    assert res["gromov"] >= res["wasserstein"]
+
+
+def test_fused_vgg_with_batchnorm_collapses_without_reset_bn(fmnist_train, fmnist_test):
+    data = fmnist_train.subset(range(10000))
+    vggs = []
+    for s in (0, 1):
+        m = mf.models.build("vgg", width=0.25, in_channels=1, in_size=28, batch_norm=True, seed=s)
+        mf.train(m, data, epochs=1, lr=1e-3, seed=s, progress=False)
+        vggs.append(m)
+    test = fmnist_test.subset(range(2000))
+    fused = mf.fuse(vggs, method="wasserstein").model
+    stale = acc(fused, test)
+    mf.reset_bn(fused, data)
+    reset = acc(fused, test)
+    print("inputs", [acc(m, test) for m in vggs], "fused without reset_bn", stale, "with", reset)
+    assert stale < 0.2 and reset > stale + 0.2  # collapsed, then recovered
+
+
+def test_repair_restores_the_midpoint(mlp_pair, fmnist_train, fmnist_test):
+    a, b = mlp_pair
+    mid = Blender(a, b).set([0.5, 0.5])
+    before = acc(mid, fmnist_test)
+    after = acc(mf.repair(mid, [a, b], fmnist_train), fmnist_test)
+    print("naive midpoint", before, "repaired", after)
+    assert after > before + 0.1
+    fus = mf.fuse([a, b], method="wasserstein")
+    repaired = mf.repair(fus.model, [a, b], fmnist_train, couplings=fus.couplings)
+    assert acc(repaired, fmnist_test) > acc(fus.model, fmnist_test) - 0.01
