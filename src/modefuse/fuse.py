@@ -104,7 +104,9 @@ class _Fuser:
         history = []
         for _ in tqdm(range(sweeps), desc=f"fusing ({self.method})", disable=not progress, leave=False):
             change = 0.0
+            self.done, self.forward_refs = set(), False
             for g in self.groups:
+                self.done.add(g)
                 for i in range(len(self.states)):
                     if self.method == "otfusion" and i == 0:
                         continue  # model 0 is the target
@@ -114,16 +116,25 @@ class _Fuser:
             if self.method != "otfusion":
                 self.target = self.barycenter()
             history.append(change)
-            if change < 1e-7:
-                break
+            if change < 1e-7 or (self.method == "otfusion" and not self.forward_refs):
+                break  # otfusion: one sweep is exact unless a group was costed through a later one
         if self.method == "otfusion":
             self.target = self.barycenter()
         return history
 
     def barycenter(self) -> dict[str, torch.Tensor]:
-        mapped = [transport(s, sp, {g: self.couplings[g][i] for g in self.groups})
-                  for i, (s, sp) in enumerate(zip(self.states, self.specs))]
-        return _mix(mapped, self.lam)
+        """sum_i lambda_i transport(W_i, pi_i), accumulated one model at a time (memory: two models)."""
+        acc: dict[str, torch.Tensor] = {}
+        for i, (s, sp) in enumerate(zip(self.states, self.specs)):
+            mapped = transport(s, sp, {g: self.couplings[g][i] for g in self.groups})
+            for k, v in mapped.items():
+                if not v.is_floating_point():
+                    acc.setdefault(k, v.clone())
+                elif k in acc:
+                    acc[k].add_(v.float(), alpha=self.lam[i])
+                else:
+                    acc[k] = v.float() * self.lam[i]
+        return {k: v.to(self.states[0][k].dtype) for k, v in acc.items()}
 
     def couple(self, g: str, i: int) -> torch.Tensor:
         spec_i, state_i = self.specs[i], self.states[i]
@@ -160,13 +171,14 @@ class _Fuser:
         wi = _rows(self.states[i][key].float(), key, axis, g, spec_i.sizes[g], others, spec_i, spec_i.sizes)
         if others:
             h = others[0][1]
+            self.forward_refs |= h not in self.done
             pi = override.get(h, self.couplings[h][i]).to(wt)
         else:
             pi = torch.ones(1, 1, dtype=wt.dtype, device=wt.device)
         a, b = pi.sum(1), pi.sum(0)
         at = (wt ** 2).sum(2) @ a
         bi = (wi ** 2).sum(2) @ b
-        cross = torch.einsum("jkr,kl->jlr", wt, pi).reshape(len(wt), -1) @ wi.reshape(len(wi), -1).T
+        cross = (wt.transpose(1, 2) @ pi).transpose(1, 2).reshape(len(wt), -1) @ wi.reshape(len(wi), -1).T
         return at[:, None] + bi[None, :] - 2 * cross
 
 
@@ -212,6 +224,8 @@ def _mix(states: list[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str
 
 def _monotone(n_t: int, n_s: int, device) -> torch.Tensor:
     """The monotone (north-west corner) coupling of uniform marginals: identity / n when n_t == n_s."""
+    if n_t == n_s:
+        return torch.eye(n_t, device=device) / n_t
     pi = torch.zeros(n_t, n_s, device=device)
     i = j = 0
     rt, rs = 1.0 / n_t, 1.0 / n_s

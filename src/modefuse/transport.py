@@ -62,11 +62,15 @@ def transport(state: Mapping[str, torch.Tensor], spec: PermutationSpec, coupling
     side by n_target instead (the WB paper's factor) is function-preserving only when the widths are
     equal: splitting into copies would multiply the layer's output by n_target / n_source.
     """
+    perms = {g: as_permutation(pi) for g, pi in couplings.items()}
     out = dict(state)
     for key, axes in spec.axes_of.items():
         t = state[key]
         for axis, group in axes:
             if group not in couplings:
+                continue
+            if perms[group] is not None:  # a permutation: both scalings are 1, so gather instead of multiply
+                t = t.index_select(axis, axis_index(spec, group, key, axis, perms[group].to(t.device), t.shape[axis]))
                 continue
             pi = couplings[group].to(t.device, t.dtype if t.is_floating_point() else torch.float32)
             n_t, n_s = pi.shape
@@ -74,6 +78,17 @@ def transport(state: Mapping[str, torch.Tensor], spec: PermutationSpec, coupling
             t = apply_along(t, axis, scale * pi, spec.layout(group, key, axis), key)
         out[key] = t
     return out
+
+
+def as_permutation(pi: torch.Tensor) -> torch.Tensor | None:
+    """The permutation `perm` if coupling `pi` is one (pi[i, perm[i]] = 1/n, zero elsewhere), else None."""
+    n, m = pi.shape
+    if n != m:
+        return None
+    nz = pi > 0.5 / n
+    if not (nz.sum(1) == 1).all() or not (nz.sum(0) == 1).all() or (pi[~nz].abs() > 1e-6 / n).any():
+        return None
+    return nz.float().argmax(1)
 
 
 def apply_along(t: torch.Tensor, axis: int, m: torch.Tensor, layout, key: str = "") -> torch.Tensor:
@@ -85,8 +100,7 @@ def apply_along(t: torch.Tensor, axis: int, m: torch.Tensor, layout, key: str = 
                             f"with soft or rectangular couplings needs each axis to belong to one group")
     x = t.movedim(axis, 0)
     rest = x.shape[1:]
-    x = x.reshape(layout.tiles, n_s, layout.block, -1)
-    y = torch.einsum("tn,gnbr->gtbr", m, x.to(m.dtype)).to(t.dtype)
+    y = torch.matmul(m, x.reshape(layout.tiles, n_s, -1).to(m.dtype)).to(t.dtype)  # (tiles, n_t, block*rest)
     return y.reshape(layout.tiles * n_t * layout.block, *rest).movedim(0, axis)
 
 
