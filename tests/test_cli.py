@@ -62,3 +62,22 @@ def test_align_and_interpolate_commands(fmnist_train, tmp_path, capsys):
     assert set(res) == {"naive", "aligned (weight)"}
     assert res["aligned (weight)"]["loss_barrier"] < res["naive"]["loss_barrier"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fuse_command_prints_the_table_and_writes_the_model(fmnist_train, tmp_path, capsys):
+    paths = []
+    for seed in (0, 1, 2):
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        assert main(["train", "--widths", "48,24", "--epochs", "1", "--seed", str(seed), "--out", str(paths[-1])]) == 0
+    capsys.readouterr()
+    out, png = tmp_path / "fused.safetensors", tmp_path / "couplings.png"
+    assert main(["fuse", *map(str, paths), "--method", "wasserstein", "--width", "32,16", "--out", str(out),
+                 "--plot-couplings", str(png), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_accuracy"]
+    assert table["fused (wasserstein)"] > table["vanilla averaging"] + 0.1
+    fused = mf.load(out)
+    assert fused.arch["kwargs"]["widths"] == [32, 16]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["fuse", *map(str, paths), "--method", "otfusion", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "vanilla averaging" in text and "fused (otfusion)" in text

@@ -1,4 +1,4 @@
-"""`make demo`: train two MLPs on Fashion-MNIST, align them, plot naive vs aligned interpolation, summarize.
+"""`make demo`: train two MLPs on Fashion-MNIST, align them, plot naive vs aligned interpolation, fuse them.
 
 Finished models are reused when the demo is run again (see `modefuse.trained`).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import modefuse as mf
 from modefuse.atomic import write_json, write_text
-from modefuse.plots import plot_paths
+from modefuse.plots import plot_couplings, plot_paths
 from modefuse.trained import trained
 
 
@@ -39,6 +39,16 @@ def run(out: Path, epochs: int = 5, seeds=(0, 1), data_dir: str | None = None) -
     plot_paths(paths, out / "interpolation.png", title="MLP 512x3 on Fashion-MNIST: seed 0 (alpha 0) to seed 1")
     summary["interpolation"] = {k: {"loss_barrier": p.loss_barrier, "accuracy_barrier": p.accuracy_barrier}
                                 for k, p in paths.items()}
+    print("[demo] fusing the two models")
+    fusion = {"vanilla averaging": mf.fuse([a, b], method="average").model}
+    for method in ("otfusion", "wasserstein"):
+        fusion[method] = mf.fuse([a, b], method=method).model
+    wb = mf.fuse([a, b], method="wasserstein")
+    fusion["wasserstein + REPAIR"] = mf.repair(wb.model, [a, b], train_ds, couplings=wb.couplings)
+    mf.save(fusion["wasserstein"], out / "fused_wasserstein.safetensors", dataset="fashion-mnist",
+            fused_from=list(nets), fusion_method="wasserstein")
+    plot_couplings(wb.couplings, out / "couplings.png")
+    summary["fusion"] = {k: mf.evaluate(m, test_ds) for k, m in fusion.items()}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", _markdown(summary))
@@ -55,6 +65,10 @@ def _markdown(s: dict) -> str:
                   "| path | loss barrier | accuracy barrier (points) |", "|---|---|---|"]
         lines += [f"| {k} | {v['loss_barrier']:.4f} | {100 * v['accuracy_barrier']:.2f} |"
                   for k, v in s["interpolation"].items()]
+    if "fusion" in s:
+        lines += ["", "Fusion of the two into one model (plot of the couplings: couplings.png):", "",
+                  "| method | test loss | test accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['loss']:.4f} | {v['accuracy']:.4f} |" for k, v in s["fusion"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -63,11 +63,12 @@ def transport(state: Mapping[str, torch.Tensor], spec: PermutationSpec, coupling
     equal: splitting into copies would multiply the layer's output by n_target / n_source.
     """
     perms = {g: as_permutation(pi) for g, pi in couplings.items()}
+    identity = {g for g, p in perms.items() if p is not None and torch.equal(p, torch.arange(len(p), device=p.device))}
     out = dict(state)
     for key, axes in spec.axes_of.items():
         t = state[key]
         for axis, group in axes:
-            if group not in couplings:
+            if group not in couplings or group in identity:
                 continue
             if perms[group] is not None:  # a permutation: both scalings are 1, so gather instead of multiply
                 t = t.index_select(axis, axis_index(spec, group, key, axis, perms[group].to(t.device), t.shape[axis]))
