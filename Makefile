@@ -27,7 +27,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/align_speed.py
+	$(PY) benchmarks/fuse_speed.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -52,3 +52,11 @@ def mlp400_six(fmnist_train, zoo_dir):
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def cnn_pair(fmnist_train, zoo_dir):
+    """Two small CNNs (VGG11 layout at width 1/4, no BatchNorm), 2 epochs on 20,000 training images."""
+    data = fmnist_train.subset(range(20000))
+    return [trained(zoo_dir / f"cnn_s{s}.safetensors", "vgg", data, seed=s, epochs=2, progress=False,
+                    model_kwargs={"width": 0.25}) for s in (0, 1)]

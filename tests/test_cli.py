@@ -81,3 +81,20 @@ def test_fuse_command_prints_the_table_and_writes_the_model(fmnist_train, tmp_pa
     assert main(["fuse", *map(str, paths), "--method", "otfusion", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "vanilla averaging" in text and "fused (otfusion)" in text
+
+
+def test_curve_and_plane_commands(fmnist_train, tmp_path, capsys):
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        assert main(["train", "--widths", "32", "--epochs", "1", "--seed", str(seed), "--out", str(paths[-1])]) == 0
+    out, png = tmp_path / "curve.safetensors", tmp_path / "curve.png"
+    assert main(["curve", *map(str, paths), "--align", "weight", "--epochs", "1", "--points", "5",
+                 "--out", str(out), "--plot", str(png), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["curve min accuracy"] > 0.5 and png.read_bytes()[:4] == b"\x89PNG"
+    assert mf.load_curve(out).kind == "bezier"
+    plane_png = tmp_path / "plane.png"
+    assert main(["plane", *map(str, paths), "--resolution", "3", "--limit", "500", "--plot", str(plane_png),
+                 "--out", str(tmp_path / "plane.json")]) == 0
+    assert plane_png.read_bytes()[:4] == b"\x89PNG" and json.loads((tmp_path / "plane.json").read_text())["xs"]

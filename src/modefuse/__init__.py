@@ -36,3 +36,12 @@ __all__ += ["fuse", "Fusion"]
 from .repair import repair  # noqa: E402
 
 __all__ += ["repair"]
+
+from .attack import PGD, robust_accuracy  # noqa: E402
+from .curves import Curve, fit_curve, load_curve, pam  # noqa: E402
+
+__all__ += ["PGD", "robust_accuracy", "Curve", "fit_curve", "load_curve", "pam"]
+
+from .plane import Plane, plane  # noqa: E402
+
+__all__ += ["plane", "Plane"]

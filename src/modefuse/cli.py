@@ -216,6 +216,80 @@ def cmd_fuse(args) -> int:
     return 0
 
 
+def _plane_args(p):
+    p.add_argument("a", help="checkpoint of model 1")
+    p.add_argument("b", help="checkpoint of model 2")
+    p.add_argument("c", nargs="?", help="third model (default: model 2 aligned to model 1 by --align)")
+    p.add_argument("--align", default="weight", choices=["weight", "activation", "weight_cov"])
+    p.add_argument("--resolution", type=int, default=21)
+    p.add_argument("--limit", type=int, help="evaluate on the first N test examples only")
+    p.add_argument("--plot", help="PNG to write (filled contours of loss and accuracy)")
+    p.add_argument("--out", help="JSON file for the grid values")
+    _add_data_args(p, dataset_default=None)
+
+
+@command("plane", "loss and accuracy over the plane through model 1, model 2 and permuted model 2", _plane_args)
+def cmd_plane(args) -> int:
+    import modefuse as mf
+    from .atomic import write_json
+    a, b = mf.load(args.a), mf.load(args.b)
+    test = _load_data(args, "test", a)
+    if args.c:
+        c, labels = mf.load(args.c), ("model 1", "model 2", "model 3")
+    else:
+        train = _load_data(args, "train", a) if args.align != "weight" else None
+        c, labels = mf.align(a, b, method=args.align, data=train).model, ("model 1", "model 2", "permuted model 2")
+    res = mf.plane(a, b, c, test, resolution=args.resolution, labels=labels, limit=args.limit)
+    if args.plot:
+        res.plot(args.plot, title=f"{Path(args.a).name}, {Path(args.b).name}")
+    if args.out:
+        write_json(args.out, res.to_dict())
+    _report(args, {**{f"{k} accuracy": v for k, v in res.anchor_accuracy.items()},
+                   "min grid loss": min(min(r) for r in res.loss)})
+    return 0
+
+
+def _curve_args(p):
+    p.add_argument("a", help="checkpoint of endpoint A")
+    p.add_argument("b", help="checkpoint of endpoint B")
+    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
+    p.add_argument("--align", choices=["activation", "weight", "pam"],
+                   help="permute B toward A first (pam: then alternate curve and permutation)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--robust", action="store_true", help="train on PGD examples (eps 8/255, 5 steps of 2/255)")
+    p.add_argument("--points", type=int, default=65, help="points at which the curve is evaluated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="curve checkpoint (.safetensors)")
+    p.add_argument("--plot", help="PNG: accuracy along the curve and the linear path")
+    _add_data_args(p, dataset_default=None)
+
+
+@command("curve", "learn a low-loss Bezier or polychain curve between two models", _curve_args)
+def cmd_curve(args) -> int:
+    import modefuse as mf
+    a, b = mf.load(args.a), mf.load(args.b)
+    train, test = _load_data(args, "train", a), _load_data(args, "test", a)
+    attack = mf.PGD() if args.robust else None
+    if args.align == "pam":
+        curve = mf.pam(a, b, train, rounds=max(args.epochs, 2), kind=args.kind, seed=args.seed, lr=args.lr)
+    else:
+        curve = mf.fit_curve(a, b, train, kind=args.kind, align=args.align, adversarial=attack, epochs=args.epochs,
+                             lr=args.lr, seed=args.seed)
+    curve.save(args.out, dataset=a.checkpoint_metadata.get("dataset"), align=args.align)
+    ev = curve.evaluate(test, n=args.points, bn_data=train, attack=attack, limit=2000 if attack else None,
+                        progress=True)
+    linear = mf.interpolate(a, curve.b, test, steps=args.points, bn_data=train)
+    if args.plot:
+        from .plots import plot_curve
+        plot_curve({f"{args.kind} curve" + (f" ({args.align})" if args.align else ""): ev,
+                    "linear path": linear}, args.plot)
+    _report(args, {"curve mean accuracy": ev.mean_accuracy, "curve min accuracy": ev.min_accuracy,
+                   "linear mean accuracy": sum(linear.accuracy) / len(linear.accuracy),
+                   "linear min accuracy": min(linear.accuracy), "out": args.out})
+    return 0
+
+
 def _report(args, result: dict) -> None:
     """Print `result` as JSON with --json, else as aligned `key: value` lines."""
     if getattr(args, "json", False):

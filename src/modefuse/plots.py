@@ -67,3 +67,47 @@ def plot_couplings(couplings: Mapping[str, list], path: str | os.PathLike, max_g
     fig.suptitle(f"couplings x n_target (first {zoom} target units x model units, columns sorted)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_plane(plane, path: str | os.PathLike, title: str = "") -> None:
+    """Filled contours of loss (log scale) and accuracy over a plane, the anchor models marked."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    x, y = np.array(plane.xs), np.array(plane.ys)
+    panels = [("test loss", np.array(plane.loss), "viridis_r", True),
+              ("test accuracy (%)", 100 * np.array(plane.accuracy), "viridis", False)]
+    for ax, (label, z, cmap, log) in zip(axes, panels):
+        if log:
+            z = np.clip(z, 1e-3, None)
+            levels = np.geomspace(z.min(), z.max(), 25)
+            cs = ax.contourf(x, y, z, levels=levels, cmap=cmap, norm=LogNorm(z.min(), z.max()))
+        else:
+            cs = ax.contourf(x, y, z, levels=25, cmap=cmap)
+        fig.colorbar(cs, ax=ax, label=label, format="%.2f" if log else "%.0f")
+        for (name, (px, py)), marker in zip(plane.anchors.items(), ("o", "s", "^")):
+            ax.plot(px, py, marker, color="white", mec="black", ms=9)
+            ax.annotate(name, (px, py), textcoords="offset points", xytext=(6, 6), fontsize=9, color="white",
+                        bbox=dict(boxstyle="round,pad=0.2", fc="black", alpha=0.5))
+        ax.set_aspect("equal")
+        ax.set_title(label)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_curve(paths: Mapping[str, object], path: str | os.PathLike, title: str = "") -> None:
+    """Test accuracy (and robust accuracy, when measured) along curves and paths, t from 0 to 1."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, p in paths.items():
+        ts = getattr(p, "ts", None) or getattr(p, "alphas")
+        ax.plot(ts, [100 * a for a in p.accuracy], marker="o", ms=2, label=f"{label}")
+        robust = getattr(p, "robust_accuracy", None)
+        if robust:
+            ax.plot(ts, [100 * a for a in robust], ls="--", label=f"{label}, robust")
+    ax.set(xlabel="t  (0 = model A, 1 = model B)", ylabel="test accuracy (%)", title=title or "accuracy along the path")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
