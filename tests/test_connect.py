@@ -103,3 +103,22 @@ def test_pam_reports_each_round(cnn_pair, fmnist_train):
     assert curve.pam_history[1]["objective"] is not None and curve.pam_history[1]["units_moved"] >= 0
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(curve.b(x), b(x), atol=1e-4)  # b is only permuted: same function
+
+
+def test_robust_curve_trains_on_adversarial_examples_and_reports_robust_accuracy(mlp_pair, fmnist_train,
+                                                                                   fmnist_test):
+    a, b = mlp_pair
+    attack = mf.PGD(eps=0.05, steps=2, step_size=0.03, seed=0)
+    calls = {"n": 0}
+
+    class Counting(mf.PGD):
+        def __call__(self, model, x, y):
+            calls["n"] += 1
+            return super().__call__(model, x, y)
+
+    curve = mf.fit_curve(a, b, fmnist_train, align="weight", adversarial=Counting(0.05, 2, 0.03, 0), epochs=1,
+                         limit=1024, progress=False)
+    assert calls["n"] == 8  # one attack per batch of 128
+    ev = curve.evaluate(fmnist_test, n=3, attack=attack, limit=300)
+    assert len(ev.robust_accuracy) == 3
+    assert all(r < c for r, c in zip(ev.robust_accuracy, ev.accuracy))

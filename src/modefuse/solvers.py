@@ -56,5 +56,5 @@ def ot_plan(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor |
         scale = cost.abs().max().clamp_min(1e-12)
         # the plain iteration is faster and exact enough while exp(-cost / eps) stays in float64 range
         method = "sinkhorn_log" if eps < 2e-3 else "sinkhorn"
-        plan = ot.sinkhorn(a, b, cost / scale, eps, method=method, numItermax=5000, stopThr=1e-7)
+        plan = ot.sinkhorn(a, b, cost / scale, eps, method=method, numItermax=5000, stopThr=1e-7, warn=False)
     return plan.float()
