@@ -68,6 +68,9 @@ def test_pgd_lowers_accuracy_within_its_bound(mlp_pair, fmnist_test):
     robust = mf.robust_accuracy(model, data, attack)
     print("clean", clean, "robust", robust)
     assert robust < clean - 0.3
+    path = mf.interpolate(model, mlp_pair[1], data, steps=3, attack=attack, attack_limit=500, progress=False)
+    assert len(path.robust_accuracy) == 3 and path.robust_accuracy[0] == pytest.approx(
+        mf.robust_accuracy(model, data, attack, limit=500))
 
 
 def _mid_loss(curve, data):

@@ -72,3 +72,17 @@ def test_bad_input_is_named():
         mf.fuse([a, a], weights=[1.0])
     with pytest.raises(mf.ModefuseError, match="otfusion keeps model 0"):
         mf.fuse([a, a], method="otfusion", widths=[4])
+
+
+@pytest.mark.parametrize("key", ["vgg_bn", "resnet20_layer"])
+def test_convolutional_models_fuse_into_other_widths(key):
+    m = _randomize_norm_stats(build(key, seed=0)).eval()
+    x = torch.rand(8, 1, 28, 28)
+    spec = mf.infer_spec(m, x[:2])
+    doubled = {g: 2 * n for g, n in spec.sizes.items()}
+    wide = mf.fuse([m], method="wasserstein", widths=doubled, example_input=x[:2]).model.eval()
+    assert torch.allclose(wide(x), m(x), atol=1e-4)  # copies of every unit: the same function
+    halved = {g: n // 2 for g, n in spec.sizes.items()}
+    narrow = mf.fuse([m, build(key, seed=1)], method="wasserstein", widths=halved, example_input=x[:2]).model
+    assert narrow.eval()(x).shape == (8, 10)
+    assert mf.infer_spec(narrow, x[:2]).sizes == halved

@@ -276,19 +276,54 @@ def _check_compatible(states, specs) -> None:
 
 
 def _build(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn.Module:
-    """A module of model 0's architecture holding `state` (rebuilt at the new widths for zoo models)."""
+    """A module of model 0's architecture holding `state`, at the target widths.
+
+    Zoo MLPs and single-layer RNN/LSTMs are rebuilt from their architecture with the new widths (so
+    their checkpoints rebuild them); any other module is copied and its tensors replaced, the layers'
+    size attributes updated (its checkpoint then loads with mf.load(path, model=...)).
+    """
     if spec is None or sizes == spec.sizes:
         out = copy.deepcopy(model0)
         out.load_state_dict(state)
         return out
     arch = getattr(model0, "arch", None)
+    kw = None
     if arch and arch["name"] == "mlp":
         kw = {**arch["kwargs"], "widths": [sizes[g] for g in spec.groups]}
     elif arch and arch["name"] in ("rnn", "lstm") and arch["kwargs"].get("num_layers", 1) == 1:
         kw = {**arch["kwargs"], "hidden": sizes[next(iter(spec.groups))]}
-    else:
-        raise ModefuseError("fusing into other widths is supported for the zoo's MLP, RNN and LSTM; for other "
-                            "models fuse at the widths of model 0")
-    out = zoo.build(arch["name"], **kw)
-    out.load_state_dict(state)
+    if kw is not None:
+        out = zoo.build(arch["name"], **kw)
+        out.load_state_dict(state)
+        return out
+    if any(isinstance(m, nn.RNNBase) for m in model0.modules()):
+        raise ModefuseError("fusing recurrent layers into other widths is supported for the zoo's RNN and LSTM")
+    out = copy.deepcopy(model0)
+    for name, module in out.named_modules():
+        prefix = f"{name}." if name else ""
+        for pname in list(module._parameters):
+            if module._parameters[pname] is not None:
+                module._parameters[pname] = nn.Parameter(state[prefix + pname].clone())
+        for bname in list(module._buffers):
+            if module._buffers[bname] is not None:
+                module._buffers[bname] = state[prefix + bname].clone()
+        _resize_attributes(module)
+    out.arch = None  # the zoo's width multipliers cannot describe per-group widths
     return out
+
+
+def _resize_attributes(m: nn.Module) -> None:
+    """Make a layer's size attributes agree with its (replaced) weights."""
+    w = getattr(m, "weight", None)
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = w.shape
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.num_features = m.running_mean.shape[0] if m.running_mean is not None else w.shape[0]
+    elif isinstance(m, nn.GroupNorm):
+        m.num_channels = w.shape[0]
+        if m.num_groups != 1:
+            m.num_groups = m.num_channels
+    elif isinstance(m, nn.LayerNorm) and w is not None:
+        m.normalized_shape = tuple(w.shape)

@@ -21,6 +21,7 @@ class Path:
     alphas: list[float]
     loss: list[float]
     accuracy: list[float]
+    robust_accuracy: list[float] | None = None  # with an attack: accuracy on its adversarial examples
 
     @property
     def loss_barrier(self) -> float:
@@ -62,17 +63,20 @@ class Blender:
 
 
 def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stats: bool = True, bn_data=None,
-                loss_fn=None, progress: bool = True, limit: int | None = None) -> Path:
+                loss_fn=None, progress: bool = True, limit: int | None = None, attack=None,
+                attack_limit: int = 2000) -> Path:
     """Evaluate (1 - alpha) a + alpha b at `steps` alphas in [0, 1] on `data`.
 
     With BatchNorm, statistics are recomputed at each point on `bn_data` (default: `data`),
-    since averaged statistics do not describe the averaged network.
+    since averaged statistics do not describe the averaged network. With `attack` (an `mf.PGD`),
+    robust accuracy on the first `attack_limit` examples too.
     """
+    from .attack import robust_accuracy
     blend = Blender(a, b)
     cached = list(batches(data, 1000, limit=limit))  # materialize once, reuse at every point
     bn = reset_bn_stats and has_batchnorm(a)
     alphas = torch.linspace(0, 1, steps).tolist()
-    loss, acc = [], []
+    loss, acc, robust = [], [], []
     for alpha in tqdm(alphas, desc="interpolating", disable=not progress, leave=False):
         m = blend.set([1 - alpha, alpha])
         if bn:
@@ -80,4 +84,6 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
         r = evaluate(m, cached, loss_fn=loss_fn)
         loss.append(r["loss"])
         acc.append(r["accuracy"])
-    return Path(alphas, loss, acc)
+        if attack is not None:
+            robust.append(robust_accuracy(m, cached, attack, limit=attack_limit))
+    return Path(alphas, loss, acc, robust if attack is not None else None)
