@@ -290,6 +290,35 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def _reproduce_args(p):
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="name each experiment with what it shows")
+    p.add_argument("--quick", action="store_true", help="the quick preset: about 10 minutes on 2 CPU cores")
+    p.add_argument("--tiny", action="store_true", help="a smoke-test preset: seconds, meaningless numbers")
+    p.add_argument("--data-dir", default=None, help="MNIST or CIFAR-10 files for the full preset")
+    p.add_argument("--out", help="output folder (default results/NAME)")
+
+
+@command("reproduce", "run one of the papers' experiments by name: tables, figures and results.json",
+         _reproduce_args)
+def cmd_reproduce(args) -> int:
+    from .errors import ModefuseError
+    from .experiments import REGISTRY, reproduce
+    from .experiments.runner import _load_all
+    _load_all()
+    if args.list or not args.name:
+        for name, exp in REGISTRY.items():
+            print(f"{name:10s}  {exp.summary}")
+        return 0
+    if args.quick and args.tiny:
+        raise ModefuseError("choose one of --quick and --tiny")
+    preset = "quick" if args.quick else "tiny" if args.tiny else "full"
+    run = reproduce(args.name, preset, out=args.out, data_dir=args.data_dir)
+    print(f"{args.name}: wrote {run.out / 'results.json'}, {run.out / 'table.md'} and {len(run.figures)} figure(s)")
+    print((run.out / "table.md").read_text())
+    return 0
+
+
 def _report(args, result: dict) -> None:
     """Print `result` as JSON with --json, else as aligned `key: value` lines."""
     if getattr(args, "json", False):
