@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modefuse-installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow bench venv clean reproduce-quick
 
 venv: $(STAMP)
 
@@ -34,3 +34,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The papers' experiments at their quick presets (about 10 minutes each on 2 cores), into results/.
+EXPERIMENTS := wb-mlp wb-hetero wb-cnn wb-rnn lmc-plane curves lmc-width
+reproduce-quick: $(STAMP)
+	for e in $(EXPERIMENTS); do $(VENV)/bin/modefuse reproduce $$e --quick || exit 1; done

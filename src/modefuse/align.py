@@ -79,7 +79,8 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
             for layer, m2 in input_second_moments(reference, graph, data, limit=limit).items():
                 w = targets[f"{layer}.weight"]
                 targets[f"{layer}.weight"] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
-        perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps, tol=tol)
+        perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps, tol=tol,
+                                         ref_inputs=ref_state if method == "weight_cov" else None)
     aligned = copy.deepcopy(model)
     aligned.load_state_dict(permute(state, spec, perms))
     return Alignment(aligned, perms, spec, method, history)
@@ -87,7 +88,8 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
 
 def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                     seed: int = 0, max_sweeps: int = 100, tol: float = 0.0,
-                    init: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
+                    init: Mapping[str, torch.Tensor] | None = None,
+                    ref_inputs: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep.
 
     Stops after a sweep that changes no permutation or, with `tol` > 0, raises the objective by
@@ -101,8 +103,11 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
     perms = {g: (init[g].clone() if init and g in init else torch.arange(n, device=device))
              for g, n in spec.sizes.items()}
     axes_of = spec.axes_of
-    ref_rows = {(g, k, a): unit_rows(ref[k].float(), spec, g, k, a) for g, axes in spec.groups.items()
-                for k, a in axes}
+    # `ref_inputs`: the reference used on axes that contract units (covariance-weighted matching weights
+    # only the axes that hold them, where the weighted objective stays linear in the permutation)
+    ref_rows = {(g, k, a): unit_rows((ref_inputs if ref_inputs is not None and spec.is_input(k, a, ref[k].dim())
+                                      else ref)[k].float(), spec, g, k, a)
+                for g, axes in spec.groups.items() for k, a in axes}
     # the groups each entry's score depends on (the other permuted axes of its tensor)
     depends = {(g, k, a): {h for ax, h in axes_of[k] if ax != a} for g, axes in spec.groups.items()
                for k, a in axes}

@@ -91,8 +91,8 @@ def wb_hetero(ctx: Run) -> None:
             "averaging, OTFusion, WB, before and after fine-tuning",
             {"tiny": {"lr": 0.01, "vgg_width": 0.0625, "resnet_width": 0.0625, "epochs": 2, "finetune_epochs": 1,
                       "n_train": 1024, "n_test": 128},
-             "quick": {"vgg_width": 0.25, "resnet_width": 0.125, "epochs": 2, "finetune_epochs": 1,
-                       "n_train": 10000, "n_test": 2000},
+             "quick": {"vgg_width": 0.25, "resnet_width": 0.125, "epochs": 4, "finetune_epochs": 1,
+                       "n_train": 20000, "n_test": 2000},
              "full": {"vgg_width": 1.0, "resnet_width": 1.0, "epochs": 30, "finetune_epochs": 5,
                       "full_dataset": "cifar10"}})
 def wb_cnn(ctx: Run) -> None:
