@@ -51,6 +51,8 @@ def lmc_width(ctx: Run) -> None:
         ax1.plot(s["widths"], table[m], marker="o", label=m)
         ax2.scatter(ratios, table[m], label=m)
     ax1.set(xscale="log", xlabel="hidden width", ylabel="midpoint loss barrier", title="barrier vs width")
+    ax1.set_xticks(s["widths"], [str(w) for w in s["widths"]])
+    ax1.minorticks_off()
     ax2.set(xlabel="participation ratio of layer-1 weights", ylabel="midpoint loss barrier",
             title="barrier vs effective dimension")
     for ax in (ax1, ax2):

@@ -54,6 +54,7 @@ class Run:
     sections: list[tuple[str, list[str], list[list]]] = field(default_factory=list)
     results: dict = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    models: dict = field(default_factory=dict)  # tag -> recipe (architecture, seed, epochs, data size)
 
     @property
     def dataset_name(self) -> str:
@@ -70,6 +71,9 @@ class Run:
         """Zoo model `arch` trained by this recipe: read from <out>/models/<tag>.safetensors when finished."""
         model_kwargs = kwargs.pop("model_kwargs", {})
         kwargs.setdefault("lr", self.settings.get("lr", 1e-3))
+        self.models[tag] = {"arch": arch, "model_kwargs": model_kwargs, "seed": seed, "epochs": epochs,
+                            "lr": kwargs["lr"], "n_train": len(train_data),
+                            "adversarial": kwargs.get("perturb") is not None}
         return trained(self.out / "models" / f"{tag}.safetensors", arch, train_data, seed=seed, epochs=epochs,
                        progress=self.progress, model_kwargs=model_kwargs, **kwargs)
 
@@ -116,7 +120,7 @@ def reproduce(name: str, preset: str = "quick", out: str | Path | None = None, d
     t0 = time.perf_counter()
     exp.run(run)
     meta = {"experiment": name, "summary": exp.summary, "preset": preset, "dataset": run.dataset_name,
-            "settings": run.settings, "seconds": round(time.perf_counter() - t0, 1),
+            "settings": run.settings, "models": run.models, "seconds": round(time.perf_counter() - t0, 1),
             "versions": {"modefuse": __version__, "torch": torch.__version__, "python": platform.python_version()}}
     write_json(run.out / "results.json", {**meta, "results": run.results,
                                           "tables": [{"title": t, "header": h, "rows": r} for t, h, r in run.sections],
