@@ -62,7 +62,7 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
     check_finite(state, "the model to align")
     if method != "weight" and data is None:
         raise ModefuseError(f"method {method!r} needs data: pass data= (a few thousand training inputs)")
-    spec = spec or infer_spec(reference, _example(reference, example_input, data))
+    spec = spec or infer_spec(reference, example_for(reference, example_input, data))
     spec.check(ref_state)
     history: list[float] = []
     if method == "activation":
@@ -154,7 +154,8 @@ def _objective(spec, ref, state, perms) -> float:
     return float(sum((ref[k].float() * permuted[k].float()).sum() for k in spec.axes_of))
 
 
-def _example(model, example_input, data):
+def example_for(model: nn.Module, example_input=None, data=None):
+    """An input batch to trace `model` with: the one given, else the first of `data`, else a zoo model's shape."""
     if example_input is not None:
         return example_input
     if data is not None:
@@ -167,6 +168,6 @@ def _example(model, example_input, data):
 
 def _graph(spec, model, example_input, data):
     if spec.graph_module is None:  # a hand-written spec: trace for the activation taps
-        traced = infer_spec(model, _example(model, example_input, data))
+        traced = infer_spec(model, example_for(model, example_input, data))
         spec.unit_nodes, spec.graph_module = traced.unit_nodes, traced.graph_module
     return spec.graph_module.graph

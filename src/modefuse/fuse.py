@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import models as zoo
-from .align import _example
+from .align import example_for
 from .errors import ArchitectureMismatchError, ModefuseError
 from .infer import infer_spec
 from .solvers import ot_plan
@@ -72,8 +72,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
             check_same_architecture(states[0], s, "model 0", f"model {i}")
         return Fusion(_build(models[0], _mix(states, lam), None, None), {}, None, method)
 
-    x = _example(models[0], example_input, data)
-    specs = [infer_spec(m, _example(m, example_input, data) if i else x) for i, m in enumerate(models)]
+    x = example_for(models[0], example_input, data)
+    specs = [infer_spec(m, example_for(m, example_input, data) if i else x) for i, m in enumerate(models)]
     _check_compatible(states, specs)
     sizes = _target_sizes(specs[0], widths)
     if method == "otfusion" and sizes != specs[0].sizes:

@@ -5,6 +5,7 @@ retrained, and an interrupted one resumes from its per-epoch training state.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,22 @@ from .errors import ModefuseError
 from .training import evaluate, train
 
 
+def _describe(v):
+    """A stable description of a training argument for the recipe (no memory addresses)."""
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return v
+    if dataclasses.is_dataclass(v):
+        return repr(v)
+    return getattr(v, "__qualname__", type(v).__name__)
+
+
 def trained(path: str | os.PathLike, model: str, train_data, *, seed: int, epochs: int, lr: float = 1e-3,
             optimizer: str = "adam", test_data=None, progress: bool = True, model_kwargs: dict | None = None,
             **train_kwargs: Any) -> nn.Module:
     """The zoo model `model` trained by this recipe, loaded from `path` if it was trained before."""
     recipe = {"model": model, "model_kwargs": model_kwargs or {}, "seed": seed, "epochs": epochs, "lr": lr,
               "optimizer": optimizer, "dataset": getattr(train_data, "name", ""), "n_train": len(train_data),
-              **{k: v for k, v in train_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+              **{k: _describe(v) for k, v in train_kwargs.items()}}
     path = Path(path)
     if path.is_file():
         found = checkpoint.read_metadata(path).get("recipe")
