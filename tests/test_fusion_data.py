@@ -1,5 +1,4 @@
 """Fusion on real data (Fashion-MNIST): the WB paper's claims at a small scale."""
-import pytest
 
 import modefuse as mf
 from modefuse.interpolate import Blender

@@ -81,6 +81,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _load_data(args, split: str, model):
+    import modefuse as mf
+    name = args.dataset or getattr(model, "checkpoint_metadata", {}).get("dataset") or "fashion-mnist"
+    return mf.data.load(name, split, args.data_dir)
+
+
 def _eval_args(p):
     p.add_argument("checkpoint")
     _add_data_args(p, dataset_default=None)
@@ -91,16 +97,10 @@ def _eval_args(p):
 def cmd_eval(args) -> int:
     import modefuse as mf
     model = mf.load(args.checkpoint)
-    dataset = args.dataset or model.checkpoint_metadata.get("dataset") or "fashion-mnist"
-    metrics = mf.evaluate(model, mf.data.load(dataset, args.split, args.data_dir))
-    _report(args, {"checkpoint": args.checkpoint, "dataset": dataset, "split": args.split, **metrics})
+    data = _load_data(args, args.split, model)
+    metrics = mf.evaluate(model, data)
+    _report(args, {"checkpoint": args.checkpoint, "dataset": data.name, "split": args.split, **metrics})
     return 0
-
-
-def _load_data(args, split: str, model):
-    import modefuse as mf
-    name = args.dataset or getattr(model, "checkpoint_metadata", {}).get("dataset") or "fashion-mnist"
-    return mf.data.load(name, split, args.data_dir)
 
 
 def _align_args(p):

@@ -27,7 +27,7 @@ from .bn import has_batchnorm, reset_bn
 from .errors import CheckpointError, ModefuseError
 from .interpolate import Blender
 from .statedict import check_same_architecture
-from .training import evaluate, make_optimizer
+from .training import lr_at, make_optimizer
 from .transport import permute
 
 KINDS = ("bezier", "polychain")
@@ -93,18 +93,14 @@ class Curve:
         default `data`); with `attack`, robust accuracy too."""
         blend = Blender(self.a, self.middle, self.b)
         cached = list(batches(data, 1000, limit=limit))
-        bn = has_batchnorm(self.a)
         ts = torch.linspace(0, 1, n).tolist()
         res = CurveEval(ts, [], [], [] if attack else None)
         for t in tqdm(ts, desc="evaluating curve", disable=not progress, leave=False):
-            m = blend.set(coefficients(self.kind, t))
-            if bn:
-                reset_bn(m, bn_data if bn_data is not None else cached)
-            r = evaluate(m, cached)
+            r = blend.evaluate(coefficients(self.kind, t), cached, bn_data)
             res.loss.append(r["loss"])
             res.accuracy.append(r["accuracy"])
             if attack:
-                res.robust_accuracy.append(robust_accuracy(m, cached, attack, limit=limit))
+                res.robust_accuracy.append(robust_accuracy(blend.module, cached, attack, limit=limit))
         return res
 
     def save(self, path: str | os.PathLike, **metadata) -> Path:
@@ -189,7 +185,7 @@ def _train_middle(curve: Curve, data, epochs, lr, optimizer, batch_size, seed, a
                 x = adversarial(work, x, y)
                 work.train()
             for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+                g["lr"] = lr_at("cosine", lr, step, steps)
             loss = F.cross_entropy(functional_call(work, params, (x,)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

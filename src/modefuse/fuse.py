@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -123,18 +123,9 @@ class _Fuser:
         return history
 
     def barycenter(self) -> dict[str, torch.Tensor]:
-        """sum_i lambda_i transport(W_i, pi_i), accumulated one model at a time (memory: two models)."""
-        acc: dict[str, torch.Tensor] = {}
-        for i, (s, sp) in enumerate(zip(self.states, self.specs)):
-            mapped = transport(s, sp, {g: self.couplings[g][i] for g in self.groups})
-            for k, v in mapped.items():
-                if not v.is_floating_point():
-                    acc.setdefault(k, v.clone())
-                elif k in acc:
-                    acc[k].add_(v.float(), alpha=self.lam[i])
-                else:
-                    acc[k] = v.float() * self.lam[i]
-        return {k: v.to(self.states[0][k].dtype) for k, v in acc.items()}
+        """sum_i lambda_i transport(W_i, pi_i), each model transported as the sum reaches it."""
+        return _mix((transport(s, sp, {g: self.couplings[g][i] for g in self.groups})
+                     for i, (s, sp) in enumerate(zip(self.states, self.specs))), self.lam)
 
     def couple(self, g: str, i: int) -> torch.Tensor:
         spec_i, state_i = self.specs[i], self.states[i]
@@ -212,14 +203,19 @@ def _weights(weights, k: int) -> list[float]:
     return [v / sum(w) for v in w]
 
 
-def _mix(states: list[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in states[0].items():
-        if v.is_floating_point():
-            out[k] = sum(l * s[k].float() for l, s in zip(lam, states)).to(v.dtype)
-        else:
-            out[k] = v.clone()  # counters such as num_batches_tracked
-    return out
+def _mix(states: Iterable[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
+    """sum_i lam_i states_i, accumulated one state at a time (a generator keeps one in memory);
+    integer tensors (counters such as num_batches_tracked) are taken from the first."""
+    acc: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for weight, state in zip(lam, states):
+        for k, v in state.items():
+            if k not in acc:
+                dtypes[k] = v.dtype
+                acc[k] = v.float() * weight if v.is_floating_point() else v.clone()
+            elif v.is_floating_point():
+                acc[k].add_(v.float(), alpha=weight)
+    return {k: v.to(dtypes[k]) for k, v in acc.items()}
 
 
 def _monotone(n_t: int, n_s: int, device) -> torch.Tensor:

@@ -12,7 +12,6 @@ node, so that the user can write the spec by hand.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any
 

@@ -51,6 +51,7 @@ class Blender:
         self.keys = [k for k, v in self.targets.items() if v.is_floating_point()]
         self.stacks = {k: torch.stack([s[k].to(self.targets[k].device, torch.float32) for s in states])
                        for k in self.keys}
+        self.batchnorm = has_batchnorm(self.module)
 
     @torch.no_grad()
     def set(self, coefficients) -> nn.Module:
@@ -60,6 +61,13 @@ class Blender:
             st = self.stacks[k]
             self.targets[k].copy_(torch.tensordot(c.to(st.device), st, dims=1))
         return self.module
+
+    def evaluate(self, coefficients, data, bn_data=None, loss_fn=None) -> dict[str, float]:
+        """Loss and accuracy at that mix on `data`, BatchNorm statistics recomputed on `bn_data` (default `data`)."""
+        m = self.set(coefficients)
+        if self.batchnorm:
+            reset_bn(m, bn_data if bn_data is not None else data)
+        return evaluate(m, data, loss_fn=loss_fn)
 
 
 def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stats: bool = True, bn_data=None,
@@ -73,17 +81,14 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
     """
     from .attack import robust_accuracy
     blend = Blender(a, b)
+    blend.batchnorm &= reset_bn_stats
     cached = list(batches(data, 1000, limit=limit))  # materialize once, reuse at every point
-    bn = reset_bn_stats and has_batchnorm(a)
     alphas = torch.linspace(0, 1, steps).tolist()
     loss, acc, robust = [], [], []
     for alpha in tqdm(alphas, desc="interpolating", disable=not progress, leave=False):
-        m = blend.set([1 - alpha, alpha])
-        if bn:
-            reset_bn(m, bn_data if bn_data is not None else cached)
-        r = evaluate(m, cached, loss_fn=loss_fn)
+        r = blend.evaluate([1 - alpha, alpha], cached, bn_data, loss_fn)
         loss.append(r["loss"])
         acc.append(r["accuracy"])
         if attack is not None:
-            robust.append(robust_accuracy(m, cached, attack, limit=attack_limit))
+            robust.append(robust_accuracy(blend.module, cached, attack, limit=attack_limit))
     return Path(alphas, loss, acc, robust if attack is not None else None)

@@ -9,9 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import batches
-from .bn import has_batchnorm, reset_bn
 from .interpolate import Blender
-from .training import evaluate
 
 
 @dataclass
@@ -56,20 +54,16 @@ def plane(a: nn.Module, b: nn.Module, c: nn.Module, data, resolution: int = 21, 
     xs = torch.linspace(min(px) - margin * span, max(px) + margin * span, resolution).tolist()
     ys = torch.linspace(min(py) - margin * span, max(py) + margin * span, resolution).tolist()
     cached = list(batches(data, 1000, limit=limit))
-    bn = has_batchnorm(a)
-    first = None if bn else _cache_first_layer(blend, [a, b, c], cached)
+    first = None if blend.batchnorm else _cache_first_layer(blend, [a, b, c], cached)
 
     def at(x: float, y: float) -> dict[str, float]:
         # a + x e1 + y e2 as a combination of a, b, c (coefficients sum to 1)
         cc = y / vp.item() if vp > 0 else 0.0
         cb = x / nu.item() - cc * vx.item() / nu.item()
         coef = [1 - cb - cc, cb, cc]
-        m = blend.set(coef)
         if first is not None:
             first.start(coef)
-        if bn:
-            reset_bn(m, bn_data if bn_data is not None else cached)
-        return evaluate(m, cached)
+        return blend.evaluate(coef, cached, bn_data)
 
     loss = [[0.0] * resolution for _ in ys]
     acc = [[0.0] * resolution for _ in ys]

@@ -2,9 +2,12 @@
 
 Activation matching needs the cross-correlation of two models' units;
 covariance-weighted weight matching needs the second moment of each layer's
-inputs. Both stream over batches, so memory does not grow with the data.
+inputs; REPAIR needs each unit's mean and std. All stream over batches
+(`tapped_samples`), so memory does not grow with the data.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 import torch.fx as fx
@@ -59,22 +62,42 @@ class CrossMoments:
 
 
 @torch.no_grad()
+def tapped_samples(models: list[nn.Module], graph: fx.Graph, axes: dict[str, int], data, limit: int = 5000,
+                   batch_size: int = 500) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Per batch of `data`, for each model: {node name: (samples, units)} at the nodes of `axes` (name -> unit axis)."""
+    names = sorted(axes)
+    taps = [tap(m, graph, names).eval() for m in models]
+    device = next(models[0].parameters()).device
+    for x, _ in batches(data, batch_size, device=device, limit=limit):
+        yield [{n: as_samples(t, axes[n] % t.dim()) for n, t in zip(names, g(x))} for g in taps]
+
+
 def unit_correlations(ref: nn.Module, model: nn.Module, graph: fx.Graph,
                       taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
                       batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
-    names = sorted({n for nodes in taps.values() for n, _ in nodes})
-    ga, gb = tap(ref, graph, names).eval(), tap(model, graph, names).eval()
-    stats = {n: CrossMoments() for n in names}
-    axis = {n: ax for nodes in taps.values() for n, ax in nodes}
-    device = next(ref.parameters()).device
-    for x, _ in batches(data, batch_size, device=device, limit=limit):
-        for name, a, b in zip(names, ga(x), gb(x)):
-            stats[name].update(as_samples(a, axis[name]), as_samples(b, axis[name]))
+    axes = {n: ax for nodes in taps.values() for n, ax in nodes}
+    stats = {n: CrossMoments() for n in axes}
+    for a, b in tapped_samples([ref, model], graph, axes, data, limit, batch_size):
+        for n in axes:
+            stats[n].update(a[n], b[n])
     return {g: sum(stats[n].correlation() for n, _ in nodes) for g, nodes in taps.items() if nodes}
 
 
-@torch.no_grad()
+def unit_moments(model: nn.Module, graph: fx.Graph, axes: dict[str, int], data, limit: int = 5000,
+                 batch_size: int = 500) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and std of every unit at the nodes of `axes` (name -> unit axis)."""
+    s1: dict = {}
+    s2: dict = {}
+    n: dict = {}
+    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+        for k, v in samples.items():
+            s1[k] = s1.get(k, 0) + v.sum(0)
+            s2[k] = s2.get(k, 0) + (v * v).sum(0)
+            n[k] = n.get(k, 0) + len(v)
+    return {k: (s1[k] / n[k], (s2[k] / n[k] - (s1[k] / n[k]) ** 2).clamp_min(0).sqrt()) for k in axes}
+
+
 def input_second_moments(model: nn.Module, graph: fx.Graph, data, limit: int = 5000,
                          batch_size: int = 500) -> dict[str, torch.Tensor]:
     """E[x x^T] of the inputs of every Linear and Conv module, keyed by module name.
@@ -88,14 +111,10 @@ def input_second_moments(model: nn.Module, graph: fx.Graph, data, limit: int = 5
             if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 inputs[node.target] = node.args[0].name
                 axes[node.args[0].name] = 1 if not isinstance(mod, nn.Linear) else -1
-    names = sorted(set(inputs.values()))
-    g = tap(model, graph, names).eval()
     sums: dict[str, torch.Tensor] = {}
-    count = dict.fromkeys(names, 0)
-    device = next(model.parameters()).device
-    for x, _ in batches(data, batch_size, device=device, limit=limit):
-        for name, t in zip(names, g(x)):
-            s = as_samples(t, axes[name] % t.dim())
-            sums[name] = sums.get(name, 0) + s.T @ s
-            count[name] += len(s)
+    count: dict[str, int] = {}
+    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+        for k, v in samples.items():
+            sums[k] = sums.get(k, 0) + v.T @ v
+            count[k] = count.get(k, 0) + len(v)
     return {layer: sums[name] / count[name] for layer, name in inputs.items()}

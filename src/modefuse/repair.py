@@ -17,30 +17,9 @@ from torch import nn
 from .batching import first_inputs
 from .bn import reset_bn
 from .infer import infer_spec
-from .probe import as_samples, tap
-from .batching import batches
+from .probe import unit_moments
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _unit_stats(model, graph, names, axes, data, limit) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    g = tap(model, graph, names).eval()
-    s1: dict = {}
-    s2: dict = {}
-    n = dict.fromkeys(names, 0)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for x, _ in batches(data, 500, device=device, limit=limit):
-            for name, t in zip(names, g(x)):
-                v = as_samples(t, axes[name])
-                s1[name] = s1.get(name, 0) + v.sum(0)
-                s2[name] = s2.get(name, 0) + (v * v).sum(0)
-                n[name] += len(v)
-    out = {}
-    for name in names:
-        mean = s1[name] / n[name]
-        out[name] = mean, (s2[name] / n[name] - mean ** 2).clamp_min(0).sqrt()
-    return out
 
 
 def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequence[float] | None = None,
@@ -68,12 +47,11 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
                 layers.append((node.target, node.name, group, axis))
     if not layers:
         return reset_bn(out, data, limit=limit)
-    names = [n for _, n, _, _ in layers]
     axes = {n: a for _, n, _, a in layers}
     end_stats = []
     for i, e in enumerate(endpoints):
         espec = infer_spec(e, x)
-        st = _unit_stats(e, espec.graph_module.graph, names, axes, data, limit)
+        st = unit_moments(e, espec.graph_module.graph, axes, data, limit)
         if couplings is not None:  # map the endpoint's units onto the model's: barycentric average
             st = {n: tuple(len(couplings[g][i]) * couplings[g][i].double() @ v for v in st[n])
                   for _, n, g, _ in layers}
@@ -81,7 +59,7 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     for module_name, node_name, group, axis in layers:  # in graph order: later layers see earlier fixes
         mean_t = sum(w * st[node_name][0] for w, st in zip(weights, end_stats))
         std_t = sum(w * st[node_name][1] for w, st in zip(weights, end_stats))
-        mean_m, std_m = _unit_stats(out, graph, [node_name], axes, data, limit)[node_name]
+        mean_m, std_m = unit_moments(out, graph, {node_name: axes[node_name]}, data, limit)[node_name]
         layer = out.get_submodule(module_name)
         scale = (std_t / (std_m + eps)).float()
         with torch.no_grad():
