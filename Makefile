@@ -1,11 +1,12 @@
-# The two set-up commands of the README: `make demo` and `make test`. Both create .venv when missing.
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv when missing,
+# and install Fashion-MNIST when it is missing (tools/get-data: the Debian package, or one line saying what to do).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modefuse-installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow bench venv clean reproduce-quick
+.PHONY: demo test test-slow test-no-data data bench venv clean reproduce-quick
 
 venv: $(STAMP)
 
@@ -16,17 +17,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST where modefuse looks for it; first, so that a machine that cannot get it fails in seconds.
+data:
+	@tools/get-data
+
+demo: data $(STAMP)
 	$(PY) -m modefuse.demo --out runs/demo
 
-# pytest exits 5 when it ran no test: that is a failure here, not a pass.
-test: $(STAMP)
+# pytest exits 5 when it ran no test: that is a failure here, not a pass. A test that needs the data
+# fails when it is missing (tests/conftest.py); `make test-no-data` skips those tests instead.
+test: data $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
 
-test-slow: $(STAMP)
+test-no-data: $(STAMP)
+	MODEFUSE_SKIP_DATA_TESTS=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
+
+test-slow: data $(STAMP)
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
 
-bench: $(STAMP)
+bench: data $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/align_speed.py
@@ -37,5 +46,5 @@ clean:
 
 # The papers' experiments at their quick presets (about 10 minutes each on 2 cores), into results/.
 EXPERIMENTS := wb-mlp wb-hetero wb-cnn wb-rnn lmc-plane curves lmc-width
-reproduce-quick: $(STAMP)
+reproduce-quick: data $(STAMP)
 	for e in $(EXPERIMENTS); do $(VENV)/bin/modefuse reproduce $$e --quick || exit 1; done

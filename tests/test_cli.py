@@ -37,7 +37,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     bad.write_bytes(b"\x00" * 40)
     out = run_cli("eval", bad)
     assert out.returncode == 1
-    assert out.stderr.startswith("modefuse: error:") and "Traceback" not in out.stderr
+    assert out.stderr.startswith("modefuse eval: error:") and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     debug = run_cli("eval", bad, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -108,6 +108,9 @@ def test_cifar_reader_never_runs_pickled_code(tmp_path):
 
 def test_missing_dataset_lists_places_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MODEFUSE_DATA", str(tmp_path / "env"))
+    with pytest.raises(mf.DataNotFoundError, match="data_dir .*mine does not exist"):
+        mf.data.load("fashion-mnist", "train", data_dir=tmp_path / "mine")  # never falls back silently
+    (tmp_path / "mine").mkdir()
     with pytest.raises(mf.DataNotFoundError) as e:
         mf.data.load("mnist", "train", data_dir=tmp_path / "mine")
     msg = str(e.value)

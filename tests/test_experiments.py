@@ -58,4 +58,5 @@ def test_reproduce_command(tmp_path, capsys, fmnist_train):
     assert all(n in listing for n in NAMES)
     assert main(["reproduce", "wb-rnn", "--tiny", "--out", str(tmp_path / "r")]) == 0
     assert "GWB" in capsys.readouterr().out
-    assert main(["reproduce", "nope", "--tiny"]) == 1
+    assert main(["reproduce", "nope", "--tiny"]) == 2  # a usage error: argparse's status
+    assert "unknown experiment 'nope'" in capsys.readouterr().err

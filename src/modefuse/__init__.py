@@ -6,12 +6,13 @@ __version__ = "0.1.0"
 from . import data, models  # noqa: E402
 from .checkpoint import load, read_metadata, save  # noqa: E402
 from .errors import (ArchitectureMismatchError, CheckpointError, DataNotFoundError,  # noqa: E402
-                     ModefuseError, SpecInferenceError)
+                     InvalidArgumentError, ModefuseError, SpecInferenceError)
 from .training import evaluate, train  # noqa: E402
 
 __all__ = [
     "__version__", "data", "models", "train", "evaluate", "save", "load", "read_metadata",
     "ModefuseError", "DataNotFoundError", "CheckpointError", "ArchitectureMismatchError", "SpecInferenceError",
+    "InvalidArgumentError",
 ]
 
 from .infer import infer_spec  # noqa: E402

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batches
+from .checks import nonneg_float, nonneg_int
 
 
 @dataclass
@@ -18,6 +19,11 @@ class PGD:
     steps: int = 5
     step_size: float = 2 / 255
     seed: int | None = None
+
+    def __post_init__(self):
+        self.eps = nonneg_float(self.eps, "eps")
+        self.steps = nonneg_int(self.steps, "steps")
+        self.step_size = nonneg_float(self.step_size, "step_size")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for `model` (evaluated in eval mode; its mode is restored)."""

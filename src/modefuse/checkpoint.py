@@ -46,6 +46,11 @@ def save(model: nn.Module, path: str | os.PathLike, **metadata) -> Path:
 def _open(path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors and modefuse metadata of a .safetensors file (metadata None for a foreign file)."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file" +
+                              (f"; it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}"
+                               if inside else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -81,6 +86,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, check_nonfinit
     """Rebuild the module stored at `path` (or fill `model` with its weights); `.checkpoint_metadata` holds the metadata."""
     tensors, meta = _open(path)
     meta = meta or {}
+    if meta.get("format") == "modefuse-curve" and model is None:
+        raise CheckpointError(f"{path} is a curve (three models, written by `modefuse curve`), not one model; "
+                              f"read it with mf.load_curve(path), or use a point on it: curve.point(t)")
     if meta.get("format") == "modefuse-train-state":
         tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     if check_nonfinite:

@@ -16,7 +16,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from . import __version__, models as zoo
 from .align import align as align_models, weight_matching
@@ -24,8 +23,11 @@ from .atomic import atomic_path
 from .attack import PGD, robust_accuracy
 from .batching import batches
 from .bn import has_batchnorm, reset_bn
+from .checks import int_at_least, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
+    positive_int, probability
 from .errors import CheckpointError, ModefuseError
 from .interpolate import Blender
+from .progress import bar, write
 from .statedict import check_same_architecture
 from .training import lr_at, make_optimizer
 from .transport import permute
@@ -79,6 +81,7 @@ class Curve:
 
     def point(self, t: float, bn_data=None) -> nn.Module:
         """The model at t in [0, 1] (a copy; BatchNorm statistics recomputed on `bn_data` if given)."""
+        t = probability(t, "t")
         if t == 0 or t == 1:
             m = copy.deepcopy(self.a if t == 0 else self.b)
         else:
@@ -91,11 +94,13 @@ class Curve:
                  progress: bool = False) -> CurveEval:
         """Loss and accuracy at n evenly spaced t (BatchNorm statistics recomputed at each t on `bn_data`,
         default `data`); with `attack`, robust accuracy too."""
+        n = int_at_least(n, 2, "n")
+        limit = optional_positive_int(limit, "limit")
         blend = Blender(self.a, self.middle, self.b)
         cached = list(batches(data, 1000, limit=limit))
         ts = torch.linspace(0, 1, n).tolist()
         res = CurveEval(ts, [], [], [] if attack else None)
-        for t in tqdm(ts, desc="evaluating curve", disable=not progress, leave=False):
+        for t in bar(ts, desc="evaluating curve", enabled=progress, unit="point"):
             r = blend.evaluate(coefficients(self.kind, t), cached, bn_data)
             res.loss.append(r["loss"])
             res.accuracy.append(r["accuracy"])
@@ -145,6 +150,7 @@ def fit_curve(a: nn.Module, b: nn.Module, data, kind: str = "bezier", align: str
     middle: start from this middle point instead of the midpoint of the line.
     """
     coefficients(kind, 0.5)  # validates kind
+    _check_training(epochs, lr, optimizer, batch_size, limit)
     check_same_architecture(a.state_dict(), b.state_dict(), "endpoint a", "endpoint b")
     if align is not None:
         b = align_models(a, b, method=align, data=data, seed=seed).model
@@ -153,6 +159,14 @@ def fit_curve(a: nn.Module, b: nn.Module, data, kind: str = "bezier", align: str
     curve = Curve(copy.deepcopy(a), copy.deepcopy(b), copy.deepcopy(middle), kind)
     _train_middle(curve, data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit)
     return curve
+
+
+def _check_training(epochs, lr, optimizer, batch_size, limit) -> None:
+    nonneg_int(epochs, "epochs")
+    positive_float(lr, "lr")
+    positive_int(batch_size, "batch_size")
+    optional_positive_int(limit, "limit")
+    one_of(optimizer, ("adam", "sgd"), "optimizer")
 
 
 def _train_middle(curve: Curve, data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit):
@@ -171,10 +185,10 @@ def _train_middle(curve: Curve, data, epochs, lr, optimizer, batch_size, seed, a
         work.train()
         loss_sum, n = 0.0, 0
         order_gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        bar = tqdm(batches(data, batch_size, shuffle=True, generator=order_gen, device=device, limit=limit),
+        pbar = bar(batches(data, batch_size, shuffle=True, generator=order_gen, device=device, limit=limit),
                    total=math.ceil(n_total / batch_size), desc=f"curve epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
-        for x, y in bar:
+                   enabled=progress, unit="batch")
+        for x, y in pbar:
             t = torch.rand((), generator=gen).item()
             ca, cm, cb = coefficients(curve.kind, t)
             params = {k: ca * pa[k].detach() + cm * mid[k] + cb * pb[k].detach() for k in names}
@@ -194,6 +208,8 @@ def _train_middle(curve: Curve, data, epochs, lr, optimizer, batch_size, seed, a
             loss_sum += loss.item() * len(y)
             n += len(y)
         curve.history.append({"epoch": len(curve.history) + 1, "train_loss": loss_sum / max(n, 1)})
+        if progress:
+            write(f"curve epoch {curve.history[-1]['epoch']}: train_loss {curve.history[-1]['train_loss']:.4f}")
     with torch.no_grad():
         for k, p in curve.middle.named_parameters():
             p.copy_(mid[k])
@@ -215,6 +231,12 @@ def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int
     proximal term (weight `proximal`) toward the current permuted b. `.pam_history` reports per round
     the matching objective and how many units moved.
     """
+    coefficients(kind, 0.5)  # validates kind
+    rounds = positive_int(rounds, "rounds")
+    epochs_per_round = positive_int(epochs_per_round, "epochs_per_round")
+    proximal = nonneg_float(proximal, "proximal")
+    _check_training(0, train_kwargs.get("lr", 1e-3), train_kwargs.get("optimizer", "adam"),
+                    train_kwargs.get("batch_size", 128), limit)
     res = align_models(a, b, method=align, data=data, seed=seed)
     spec, perms = res.spec, res.perms
     sb = b.state_dict()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .checks import positive_float, positive_int
 from .errors import DataNotFoundError, ModefuseError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -163,6 +164,10 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike | None = N
         raise ModefuseError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     if split not in ("train", "test"):
         raise ModefuseError(f"unknown split {split!r}; use 'train' or 'test'")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+        raise DataNotFoundError(f"data_dir {data_dir} {what}; pass the directory holding the {name} files. "
+                                f"To get them: {_HOW_TO_GET[name]}")
     places = _candidates(name, data_dir)
     wanted = list(_IDX_FILES[split]) if name != "cifar10" else _CIFAR_FILES[split]
     files = _find(wanted, places, allow_gz=name != "cifar10")
@@ -195,8 +200,9 @@ def split(dataset: ImageDataset, k: int, mode: str = "iid", alpha: float = 0.5,
     proportions drawn from Dirichlet(alpha): small alpha, more skew) or "labels"
     (disjoint label sets: the classes are shuffled and dealt out to the clients).
     """
-    if k < 1:
-        raise ValueError("k must be at least 1")
+    k = positive_int(k, "k")
+    if mode == "dirichlet":
+        alpha = positive_float(alpha, "alpha")
     rng = np.random.default_rng(seed)
     labels = dataset.targets.numpy()
     n = len(labels)

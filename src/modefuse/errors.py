@@ -20,3 +20,7 @@ class ArchitectureMismatchError(ModefuseError):
 
 class SpecInferenceError(ModefuseError):
     """torch.fx could not place a node of the model in the permutation spec."""
+
+
+class InvalidArgumentError(ModefuseError, ValueError):
+    """An argument is out of its range (a non-positive learning rate, fewer than two points, ...)."""

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .batching import batches
 from .bn import has_batchnorm, reset_bn
+from .checks import int_at_least, optional_positive_int, positive_int
+from .progress import bar
 from .statedict import check_same_architecture
 from .training import evaluate
 
@@ -80,12 +81,15 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
     robust accuracy on the first `attack_limit` examples too.
     """
     from .attack import robust_accuracy
+    steps = int_at_least(steps, 2, "steps")
+    limit = optional_positive_int(limit, "limit")
+    attack_limit = positive_int(attack_limit, "attack_limit")
     blend = Blender(a, b)
     blend.batchnorm &= reset_bn_stats
     cached = list(batches(data, 1000, limit=limit))  # materialize once, reuse at every point
     alphas = torch.linspace(0, 1, steps).tolist()
     loss, acc, robust = [], [], []
-    for alpha in tqdm(alphas, desc="interpolating", disable=not progress, leave=False):
+    for alpha in bar(alphas, desc="interpolating", enabled=progress, unit="point"):
         r = blend.evaluate([1 - alpha, alpha], cached, bn_data, loss_fn)
         loss.append(r["loss"])
         acc.append(r["accuracy"])

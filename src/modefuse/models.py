@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ModefuseError
+from .checks import int_at_least, positive_float, positive_int
+from .errors import InvalidArgumentError, ModefuseError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -29,21 +30,33 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
-    """Build zoo model `name` with its keyword arguments; `seed` fixes its initialization."""
-    aliases = {"resnet20": ("resnet", {"depth": 20}), "resnet18": ("resnet", {"depth": 18}),
-               "vgg11": ("vgg", {})}
-    if name in aliases:
-        name, extra = aliases[name]
+ALIASES = {"resnet20": ("resnet", {"depth": 20}), "resnet18": ("resnet", {"depth": 18}), "vgg11": ("vgg", {})}
+
+
+def resolve(name: str, kwargs: dict | None = None) -> tuple[str, dict]:
+    """The registered name and full keyword arguments of zoo model `name` (aliases expanded).
+
+    Raises ModefuseError for an unknown model or an argument the model does not take (cheap:
+    nothing is built), so callers can check a request before loading data.
+    """
+    kwargs = dict(kwargs or {})
+    if name in ALIASES:
+        name, extra = ALIASES[name]
         kwargs = {**extra, **kwargs}
     if name not in _REGISTRY:
-        raise ModefuseError(f"unknown model {name!r}; the zoo has: {', '.join(names())}")
-    cls = _REGISTRY[name]
-    params = inspect.signature(cls.__init__).parameters
+        raise ModefuseError(f"unknown model {name!r}; the zoo has: {', '.join(names() + sorted(ALIASES))}")
+    params = inspect.signature(_REGISTRY[name].__init__).parameters
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         allowed = ", ".join(p for p in params if p != "self")
         raise ModefuseError(f"model {name!r} takes no argument {unknown[0]!r}; it takes: {allowed}")
+    return name, kwargs
+
+
+def build(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
+    """Build zoo model `name` with its keyword arguments; `seed` fixes its initialization."""
+    name, kwargs = resolve(name, kwargs)
+    cls = _REGISTRY[name]
     if seed is None:
         return cls(**kwargs)
     with torch.random.fork_rng(devices=[]):
@@ -79,7 +92,10 @@ class MLP(ZooModel):
     def __init__(self, widths=(512, 512, 512), in_features: int = 784, num_classes: int = 10,
                  bias: bool = True):
         super().__init__()
-        widths = [int(w) for w in widths]
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise InvalidArgumentError(f"widths must be a list of positive integers, got {widths!r}")
+        widths = [positive_int(w, "each of widths") for w in widths]
+        in_features, num_classes = positive_int(in_features, "in_features"), positive_int(num_classes, "num_classes")
         self._record(widths=widths, in_features=in_features, num_classes=num_classes, bias=bias)
         dims = [in_features, *widths, num_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:]))
@@ -103,6 +119,9 @@ class VGG(ZooModel):
     def __init__(self, width: float = 1.0, in_channels: int = 3, in_size: int = 32, num_classes: int = 10,
                  batch_norm: bool = False, bias: bool = True):
         super().__init__()
+        width = positive_float(width, "width")
+        in_channels, num_classes = positive_int(in_channels, "in_channels"), positive_int(num_classes, "num_classes")
+        in_size = positive_int(in_size, "in_size")
         self._record(width=width, in_channels=in_channels, in_size=in_size, num_classes=num_classes,
                      batch_norm=batch_norm, bias=bias)
         layers: list[nn.Module] = []
@@ -153,6 +172,8 @@ class ResNet(ZooModel):
     def __init__(self, depth: int = 20, width: float = 1.0, in_channels: int = 3, num_classes: int = 10,
                  norm: str = "batch"):
         super().__init__()
+        width = positive_float(width, "width")
+        in_channels, num_classes = positive_int(in_channels, "in_channels"), positive_int(num_classes, "num_classes")
         self._record(depth=depth, width=width, in_channels=in_channels, num_classes=num_classes, norm=norm)
         if depth == 20:
             stages, blocks = (16, 32, 64), (3, 3, 3)
@@ -184,6 +205,8 @@ class SequenceClassifier(ZooModel):
 
     def __init__(self, hidden: int = 256, input_size: int = 28, num_classes: int = 10, num_layers: int = 1):
         super().__init__()
+        hidden, input_size = positive_int(hidden, "hidden"), positive_int(input_size, "input_size")
+        num_classes, num_layers = positive_int(num_classes, "num_classes"), int_at_least(num_layers, 1, "num_layers")
         self._record(hidden=hidden, input_size=input_size, num_classes=num_classes, num_layers=num_layers)
         self.rnn = self.cell(input_size, hidden, num_layers=num_layers, batch_first=True)
         self.fc = nn.Linear(hidden, num_classes)
@@ -237,3 +260,32 @@ def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor | None:
     if name in ("rnn", "lstm"):
         return torch.rand(batch, 1, 28, kw["input_size"])
     return None
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ModefuseError, naming both shapes, when a batch `x` does not fit zoo model `model`
+    (an MLP trained on Fashion-MNIST given CIFAR-10 images, say): one line instead of a matmul error."""
+    arch = getattr(model, "arch", None)
+    if not arch or not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return
+    kw, name, shape = arch.get("kwargs", {}), arch.get("name"), tuple(x.shape[1:])
+    needed = {"mlp": ("in_features",), "rnn": ("input_size",), "lstm": ("input_size",),
+              "vgg": ("in_channels", "in_size"), "resnet": ("in_channels",)}.get(name)
+    if needed is None or any(k not in kw for k in needed):
+        return  # a model registered by a user, or an architecture record without the sizes
+    if name == "mlp":
+        fits, wants = x[0].numel() == kw["in_features"], f"{kw['in_features']} input features"
+    elif name in ("rnn", "lstm"):
+        fits = len(shape) == 3 and shape[0] * shape[2] == kw["input_size"]
+        wants = f"image rows of {kw['input_size']} features (channels x width)"
+    elif name == "vgg":
+        fits = shape == (kw["in_channels"], kw["in_size"], kw["in_size"])
+        wants = f"images of shape {kw['in_channels']}x{kw['in_size']}x{kw['in_size']}"
+    else:
+        fits, wants = len(shape) == 3 and shape[0] == kw["in_channels"], f"images of {kw['in_channels']} channel(s)"
+    if not fits:
+        trained_on = getattr(model, "checkpoint_metadata", {}).get("dataset")
+        raise ModefuseError(f"the model ({name}) takes {wants}, but the data's inputs have shape "
+                            f"{'x'.join(map(str, shape))}" + (f" (the model was trained on {trained_on})"
+                                                              if trained_on else "")
+                            + "; use data of the kind the model was built for")

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
 from .batching import batches
+from .checks import int_at_least, nonneg_float, optional_positive_int
+from .errors import InvalidArgumentError
 from .interpolate import Blender
+from .progress import bar
 
 
 @dataclass
@@ -41,12 +42,24 @@ def plane(a: nn.Module, b: nn.Module, c: nn.Module, data, resolution: int = 21, 
     Basis: e1 along b - a, e2 along the part of c - a orthogonal to it (parameters only; with
     BatchNorm, statistics are recomputed at every grid point on `bn_data`, default `data`).
     """
+    resolution = int_at_least(resolution, 2, "resolution")
+    margin = nonneg_float(margin, "margin")
+    limit = optional_positive_int(limit, "limit")
     blend = Blender(a, b, c)
-    u, v = _flat(b) - _flat(a), _flat(c) - _flat(a)
+    fa, fb, fc = (_flat(m).double() for m in (a, b, c))  # double: a near-degenerate plane is told apart
+    scale = max(fa.norm().item(), fb.norm().item(), 1e-30)
+    u, v = fb - fa, fc - fa
+    del fa, fb, fc
     nu = u.norm()
+    if nu <= 1e-6 * scale:
+        raise InvalidArgumentError(f"{labels[1]} equals {labels[0]}: the plane through them is degenerate; "
+                                   f"pass two different models")
     e1 = u / nu
     vx = v @ e1
     vp = (v - vx * e1).norm()
+    if vp <= 1e-6 * max(v.norm().item(), 1e-30):  # c - a within a millionth of a radian of the line
+        raise InvalidArgumentError(f"{labels[2]} lies on the line through {labels[0]} and {labels[1]}: the plane "
+                                   f"through them is degenerate; pass a third model off that line")
     anchors = {labels[0]: (0.0, 0.0), labels[1]: (nu.item(), 0.0), labels[2]: (vx.item(), vp.item())}
     px = [p[0] for p in anchors.values()]
     py = [p[1] for p in anchors.values()]
@@ -58,7 +71,7 @@ def plane(a: nn.Module, b: nn.Module, c: nn.Module, data, resolution: int = 21, 
 
     def at(x: float, y: float) -> dict[str, float]:
         # a + x e1 + y e2 as a combination of a, b, c (coefficients sum to 1)
-        cc = y / vp.item() if vp > 0 else 0.0
+        cc = y / vp.item()
         cb = x / nu.item() - cc * vx.item() / nu.item()
         coef = [1 - cb - cc, cb, cc]
         if first is not None:
@@ -68,7 +81,7 @@ def plane(a: nn.Module, b: nn.Module, c: nn.Module, data, resolution: int = 21, 
     loss = [[0.0] * resolution for _ in ys]
     acc = [[0.0] * resolution for _ in ys]
     grid = [(i, j) for i in range(resolution) for j in range(resolution)]
-    for i, j in tqdm(grid, desc="loss plane", disable=not progress, unit="point"):
+    for i, j in bar(grid, desc="loss plane", enabled=progress, unit="point", leave=True):
         r = at(xs[j], ys[i])
         loss[i][j], acc[i][j] = r["loss"], r["accuracy"]
     res = Plane(xs, ys, loss, acc, anchors)

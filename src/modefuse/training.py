@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
-
 from . import checkpoint
 from .batching import batches
+from .checks import fraction_below_one, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
+    positive_int
 from .errors import ModefuseError
+from .models import check_input
+from .progress import bar, write
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -60,8 +62,13 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
     uninterrupted run would. `perturb(model, x, y)` replaces each input batch
     (adversarial training); `eval_data` adds test metrics per epoch.
     """
-    if epochs < 0:
-        raise ModefuseError("epochs must be >= 0")
+    epochs = nonneg_int(epochs, "epochs")
+    lr = positive_float(lr, "lr")
+    batch_size = positive_int(batch_size, "batch_size")
+    one_of(optimizer, ("adam", "sgd"), "optimizer")
+    one_of(schedule, ("cosine", "step", "constant"), "schedule")
+    momentum = fraction_below_one(momentum, "momentum")
+    weight_decay = nonneg_float(weight_decay, "weight_decay")
     loss_fn = loss_fn or F.cross_entropy
     device = _device_of(model)
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
@@ -71,7 +78,7 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
         info = checkpoint.load_state(resume, model, opt)
         history, start = info.get("history", []), int(info.get("epoch", 0))
         if progress:
-            tqdm.write(f"resuming from {resume} after epoch {start}")
+            write(f"resuming from {resume} after epoch {start}")
     steps_per_epoch = math.ceil(_num_examples(dataset, batch_size) / batch_size)
     total = steps_per_epoch * epochs
     for epoch in range(start, epochs):
@@ -79,10 +86,11 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         model.train()
         t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
-        bar = tqdm(batches(dataset, batch_size, shuffle=True, generator=gen, device=device),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False, unit="batch")
-        for i, (x, y) in enumerate(bar):
+        pbar = bar(batches(dataset, batch_size, shuffle=True, generator=gen, device=device),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress, unit="batch")
+        for i, (x, y) in enumerate(pbar):
+            if i == 0:
+                check_input(model, x)
             for g in opt.param_groups:
                 g["lr"] = lr_at(schedule, lr, epoch * steps_per_epoch + i, total)
             if perturb is not None:
@@ -100,14 +108,14 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
             correct += (out.argmax(1) == y).sum().item()
             n += len(y)
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+                pbar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
                "seconds": time.perf_counter() - t0, "examples_per_s": n / (time.perf_counter() - t0)}
         if eval_data is not None:
             row.update({f"test_{k}": v for k, v in evaluate(model, eval_data, loss_fn=loss_fn).items()})
         history.append(row)
         if progress:
-            tqdm.write("epoch {epoch}: ".format(**row) + ", ".join(
+            write("epoch {epoch}: ".format(**row) + ", ".join(
                 f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "examples_per_s")))
         if resume is not None:
             checkpoint.save_state(resume, model, opt, epoch=epoch + 1, history=history, seed=seed)
@@ -127,6 +135,8 @@ def _num_examples(data, batch_size: int) -> int:
 def evaluate(model: nn.Module, data, loss_fn: LossFn | None = None, batch_size: int = 1000,
              params: Mapping[str, torch.Tensor] | None = None, limit: int | None = None) -> dict[str, float]:
     """Mean loss and accuracy of `model` on `data` (at `params` instead of its own weights, if given)."""
+    batch_size = positive_int(batch_size, "batch_size")
+    limit = optional_positive_int(limit, "limit")
     loss_fn = loss_fn or F.cross_entropy
     was_training = model.training
     model.eval()
@@ -136,6 +146,8 @@ def evaluate(model: nn.Module, data, loss_fn: LossFn | None = None, batch_size: 
         for x, y in batches(data, batch_size, device=device, limit=limit):
             if y is None:
                 raise ModefuseError("evaluate needs labelled data: (inputs, targets) batches")
+            if n == 0:
+                check_input(model, x)
             out = model(x) if params is None else functional_call(model, params, (x,))
             loss_sum += loss_fn(out, y).item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
