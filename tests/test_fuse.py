@@ -19,11 +19,12 @@ def _copies(key, k=3):
     return ref, copies, x
 
 
+@pytest.mark.parametrize("cost", ["weight", "activation"])
 @pytest.mark.parametrize("method", ["wasserstein", "otfusion", "gromov"])
 @pytest.mark.parametrize("key", ["mlp", "vgg_bn", "resnet20", "lstm"])
-def test_permuted_copies_fuse_back_to_the_model(key, method):
+def test_permuted_copies_fuse_back_to_the_model(key, method, cost):
     ref, copies, x = _copies(key)
-    fused = mf.fuse(copies, method=method, example_input=x[:2]).model.eval()
+    fused = mf.fuse(copies, method=method, cost=cost, data=x, example_input=x[:2]).model.eval()
     assert torch.allclose(fused(x), ref(x), atol=1e-5)
     averaged = mf.fuse(copies, method="average").model.eval()  # the baseline does not undo the shuffles
     assert not torch.allclose(averaged(x), ref(x), atol=1e-2)
@@ -72,6 +73,16 @@ def test_bad_input_is_named():
         mf.fuse([a, a], weights=[1.0])
     with pytest.raises(mf.ModefuseError, match="otfusion keeps model 0"):
         mf.fuse([a, a], method="otfusion", widths=[4])
+    with pytest.raises(mf.ModefuseError, match="unknown fusion cost"):
+        mf.fuse([a, a], cost="euclid")
+    with pytest.raises(mf.ModefuseError, match="pass data="):
+        mf.fuse([a, a], cost="activation")
+    for eps in (0, -1, float("nan")):
+        with pytest.raises(mf.ModefuseError, match="eps .* must be a positive number"):
+            mf.fuse([a, a], eps=eps)
+    for widths in ([0], [-3], {"layers.0": 0}):
+        with pytest.raises(mf.ModefuseError, match="width of group 'layers.0' must be a positive integer"):
+            mf.fuse([a, a], widths=widths)
 
 
 @pytest.mark.parametrize("key", ["vgg_bn", "resnet20_layer"])

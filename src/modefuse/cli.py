@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from . import __version__
+from . import cliargs as T
+from .cliargs import UsageError
+from .errors import ModefuseError
 
 COMMANDS = {}
 
@@ -19,55 +23,71 @@ def command(name: str, help: str, arguments):
     return deco
 
 
+# The model options of `train` and the zoo models (by registered name) that take each.
+_MODEL_OPTIONS = {"widths": ("mlp",), "width": ("vgg", "resnet"), "depth": ("resnet",), "norm": ("resnet",),
+                  "hidden": ("rnn", "lstm"), "batch_norm": ("vgg",)}
+
+
 def _model_kwargs(args) -> dict:
+    """The zoo model's keyword arguments from the options; UsageError for one the model does not take."""
+    from .models import ALIASES, resolve
+    base, implied = ALIASES.get(args.model, (args.model, {}))
     kw = {}
-    if args.widths:
-        kw["widths"] = [int(w) for w in args.widths.split(",")]
-    for key in ("width", "depth", "norm", "hidden"):
-        if getattr(args, key) is not None:
-            kw[key] = getattr(args, key)
-    if args.batch_norm:
-        kw["batch_norm"] = True
-    for item in args.arg or []:
-        key, _, value = item.partition("=")
-        try:
-            kw[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kw[key] = value
+    for key, models in _MODEL_OPTIONS.items():
+        value = getattr(args, key)
+        if value is None or value is False:
+            continue
+        option = "--" + key.replace("_", "-")
+        if base not in models:
+            raise UsageError(f"{option} applies to --model {' or '.join(models)}, not {args.model}")
+        if key in implied and implied[key] != value:
+            raise UsageError(f"{option} {value} contradicts --model {args.model}; use --model {base} {option} {value}")
+        kw[key] = value
+    kw.update(dict(args.arg or []))
+    try:
+        resolve(args.model, kw)  # unknown --arg keys, before any data is read
+    except ModefuseError as e:
+        raise UsageError(str(e)) from None
     return kw
 
 
 def _add_data_args(p, dataset_default: str | None = "fashion-mnist") -> None:
-    p.add_argument("--dataset", default=dataset_default, help="fashion-mnist | mnist | cifar10")
+    p.add_argument("--dataset", type=T.dataset, default=dataset_default,
+                   help="fashion-mnist | mnist | cifar10" + ("" if dataset_default else
+                                                            " (default: the checkpoint's own)"))
     p.add_argument("--data-dir", default=None, help="directory holding the dataset files")
 
 
 def _train_args(p):
-    p.add_argument("--model", default="mlp", help="zoo model: mlp | vgg | resnet | resnet20 | resnet18 | rnn | lstm")
-    p.add_argument("--widths", help="MLP hidden widths, comma separated (default 512,512,512)")
-    p.add_argument("--width", type=float, help="width multiplier (vgg, resnet)")
-    p.add_argument("--depth", type=int, help="resnet depth: 20 or 18")
-    p.add_argument("--norm", help="resnet norm: none | batch | layer")
-    p.add_argument("--hidden", type=int, help="rnn/lstm hidden size")
+    p.add_argument("--model", type=T.zoo_model, default="mlp",
+                   help="zoo model: mlp | vgg | resnet | resnet20 | resnet18 | rnn | lstm")
+    p.add_argument("--widths", type=T.positive_int_list,
+                   help="MLP hidden widths, comma separated (default 512,512,512)")
+    p.add_argument("--width", type=T.positive_float, help="width multiplier (vgg, resnet)")
+    p.add_argument("--depth", type=int, choices=[20, 18], help="resnet depth: 20 or 18")
+    p.add_argument("--norm", choices=["none", "batch", "layer"], help="resnet norm: none | batch | layer")
+    p.add_argument("--hidden", type=T.positive_int, help="rnn/lstm hidden size")
     p.add_argument("--batch-norm", action="store_true", help="vgg with BatchNorm")
-    p.add_argument("--arg", action="append", metavar="KEY=VALUE", help="any other model argument (JSON value)")
+    p.add_argument("--arg", type=T.key_value, action="append", metavar="KEY=VALUE",
+                   help="any other model argument (JSON value), e.g. num_layers=2")
     _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 for adam, 0.05 for sgd")
+    p.add_argument("--epochs", type=T.nonneg_int, default=5)
+    p.add_argument("--lr", type=T.positive_float, default=None, help="default: 1e-3 for adam, 0.05 for sgd")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=T.positive_int, default=128)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--seed", type=T.seed, default=0)
+    p.add_argument("--out", type=T.output_file, required=True, help="checkpoint to write (.safetensors)")
 
 
 @command("train", "train a zoo model; resumes after an interruption when rerun with the same --out",
          _train_args)
 def cmd_train(args) -> int:
     import modefuse as mf
+    kwargs = _model_kwargs(args)
     train_ds = mf.data.load(args.dataset, "train", args.data_dir)
     test_ds = mf.data.load(args.dataset, "test", args.data_dir)
-    model = mf.models.build_for(args.model, train_ds, seed=args.seed, **_model_kwargs(args))
+    model = mf.models.build_for(args.model, train_ds, seed=args.seed, **kwargs)
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
     out = Path(args.out)
     history = mf.train(model, train_ds, epochs=args.epochs, lr=lr, seed=args.seed, optimizer=args.optimizer,
@@ -88,7 +108,7 @@ def _load_data(args, split: str, model):
 
 
 def _eval_args(p):
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint to evaluate (.safetensors)")
     _add_data_args(p, dataset_default=None)
     p.add_argument("--split", default="test", choices=["train", "test"])
 
@@ -107,8 +127,8 @@ def _align_args(p):
     p.add_argument("reference", help="checkpoint of the reference model A")
     p.add_argument("model", help="checkpoint of the model B to permute toward A")
     p.add_argument("--method", default="weight", choices=["weight", "activation", "weight_cov"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="where to write B permuted toward A (.safetensors)")
+    p.add_argument("--seed", type=T.seed, default=0)
+    p.add_argument("--out", type=T.output_file, required=True, help="where to write B permuted toward A (.safetensors)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -131,10 +151,10 @@ def cmd_align(args) -> int:
 def _interp_args(p):
     p.add_argument("a", help="checkpoint of model A (alpha = 0)")
     p.add_argument("b", help="checkpoint of model B (alpha = 1)")
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--steps", type=T.int_at_least(2), default=25, help="points on the path, ends included")
     p.add_argument("--align", choices=["weight", "activation", "weight_cov"],
                    help="also align B to A by this method and plot naive and aligned paths together")
-    p.add_argument("--plot", help="PNG to write: loss and accuracy against alpha")
+    p.add_argument("--plot", type=T.png_file, help="PNG to write: loss and accuracy against alpha")
     p.add_argument("--split", default="test", choices=["train", "test"])
     _add_data_args(p, dataset_default=None)
 
@@ -166,14 +186,22 @@ def cmd_interpolate(args) -> int:
 def _fuse_args(p):
     p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to fuse (the first is model 0)")
     p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein", "gromov"])
-    p.add_argument("--width", help="target width per group, comma separated in the order of the spec's groups "
-                                    "(e.g. 300,150,75 for an MLP); default: model 0's")
-    p.add_argument("--weights", help="model weights lambda_i, comma separated (default uniform)")
-    p.add_argument("--eps", type=float, help="Sinkhorn regularization (relative); default exact OT")
-    p.add_argument("--finetune", type=int, default=0, metavar="EPOCHS", help="fine-tune the fused model (Adam)")
+    p.add_argument("--width", type=T.positive_int_list,
+                   help="target width per group, comma separated in the order of the spec's groups "
+                        "(e.g. 300,150,75 for an MLP; wasserstein and gromov only); default: model 0's")
+    p.add_argument("--weights", type=T.nonneg_float_list,
+                   help="model weights lambda_i, one per checkpoint, comma separated (default uniform)")
+    p.add_argument("--eps", type=T.positive_float, help="Sinkhorn regularization (relative); default exact OT")
+    p.add_argument("--cost", default="activation", choices=["weight", "activation"],
+                   help="compare units by their activations on training images (default), or by their weights "
+                        "(the papers' cost, no data)")
+    p.add_argument("--outgoing", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --cost weight: compare outgoing weights too (default; --no-outgoing: the papers' cost)")
+    p.add_argument("--finetune", type=T.nonneg_int, default=0, metavar="EPOCHS",
+                   help="fine-tune the fused model (Adam)")
     p.add_argument("--repair", action="store_true", help="apply REPAIR to the fused model")
-    p.add_argument("--plot-couplings", metavar="PNG", help="heat maps of the couplings")
-    p.add_argument("--out", required=True, help="fused checkpoint to write (.safetensors)")
+    p.add_argument("--plot-couplings", type=T.png_file, metavar="PNG", help="heat maps of the couplings")
+    p.add_argument("--out", type=T.output_file, required=True, help="fused checkpoint to write (.safetensors)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -181,12 +209,21 @@ def _fuse_args(p):
                  "barycenter) and compare them", _fuse_args)
 def cmd_fuse(args) -> int:
     import modefuse as mf
+    widths, weights = args.width, args.weights
+    if widths and args.method in ("average", "otfusion"):
+        raise UsageError(f"--width needs --method wasserstein or gromov ({args.method} keeps model 0's widths)")
+    if weights is not None:
+        if len(weights) != len(args.checkpoints):
+            raise UsageError(f"--weights has {len(weights)} value(s) for {len(args.checkpoints)} checkpoint(s); "
+                             f"give one per checkpoint")
+        if sum(weights) <= 0:
+            raise UsageError("--weights must have a positive sum")
     models = [mf.load(c) for c in args.checkpoints]
     test = _load_data(args, "test", models[0])
-    train = _load_data(args, "train", models[0]) if (args.finetune or args.repair) else None
-    widths = [int(w) for w in args.width.split(",")] if args.width else None
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, progress=True)
+    needs_train = args.finetune or args.repair or (args.cost == "activation" and args.method != "average")
+    train = _load_data(args, "train", models[0]) if needs_train else None
+    fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, cost=args.cost,
+                  outgoing=args.outgoing, data=train, progress=True)
     model = fus.model
     rows = {f"input {i} ({Path(c).name})": mf.evaluate(m, test)["accuracy"]
             for i, (m, c) in enumerate(zip(models, args.checkpoints))}
@@ -220,11 +257,12 @@ def _plane_args(p):
     p.add_argument("a", help="checkpoint of model 1")
     p.add_argument("b", help="checkpoint of model 2")
     p.add_argument("c", nargs="?", help="third model (default: model 2 aligned to model 1 by --align)")
-    p.add_argument("--align", default="weight", choices=["weight", "activation", "weight_cov"])
-    p.add_argument("--resolution", type=int, default=21)
-    p.add_argument("--limit", type=int, help="evaluate on the first N test examples only")
-    p.add_argument("--plot", help="PNG to write (filled contours of loss and accuracy)")
-    p.add_argument("--out", help="JSON file for the grid values")
+    p.add_argument("--align", choices=["weight", "activation", "weight_cov"],
+                   help="how model 2 is permuted toward model 1 when no third model is given (default weight)")
+    p.add_argument("--resolution", type=T.int_at_least(2), default=21, help="grid points per side")
+    p.add_argument("--limit", type=T.positive_int, help="evaluate on the first N test examples only")
+    p.add_argument("--plot", type=T.png_file, help="PNG to write (filled contours of loss and accuracy)")
+    p.add_argument("--out", type=T.output_file, help="JSON file for the grid values")
     _add_data_args(p, dataset_default=None)
 
 
@@ -232,13 +270,16 @@ def _plane_args(p):
 def cmd_plane(args) -> int:
     import modefuse as mf
     from .atomic import write_json
+    if args.c and args.align:
+        raise UsageError("--align permutes model 2 into the third model; with a third checkpoint given, drop --align")
+    method = args.align or "weight"
     a, b = mf.load(args.a), mf.load(args.b)
     test = _load_data(args, "test", a)
     if args.c:
         c, labels = mf.load(args.c), ("model 1", "model 2", "model 3")
     else:
-        train = _load_data(args, "train", a) if args.align != "weight" else None
-        c, labels = mf.align(a, b, method=args.align, data=train).model, ("model 1", "model 2", "permuted model 2")
+        train = _load_data(args, "train", a) if method != "weight" else None
+        c, labels = mf.align(a, b, method=method, data=train).model, ("model 1", "model 2", "permuted model 2")
     res = mf.plane(a, b, c, test, resolution=args.resolution, labels=labels, limit=args.limit)
     if args.plot:
         res.plot(args.plot, title=f"{Path(args.a).name}, {Path(args.b).name}")
@@ -255,19 +296,21 @@ def _curve_args(p):
     p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
     p.add_argument("--align", choices=["activation", "weight", "pam"],
                    help="permute B toward A first (pam: then alternate curve and permutation)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=T.nonneg_int, default=5, help="epochs of training (pam: rounds, at least 2)")
+    p.add_argument("--lr", type=T.positive_float, default=1e-3)
     p.add_argument("--robust", action="store_true", help="train on PGD examples (eps 8/255, 5 steps of 2/255)")
-    p.add_argument("--points", type=int, default=65, help="points at which the curve is evaluated")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="curve checkpoint (.safetensors)")
-    p.add_argument("--plot", help="PNG: accuracy along the curve and the linear path")
+    p.add_argument("--points", type=T.int_at_least(2), default=65, help="points at which the curve is evaluated")
+    p.add_argument("--seed", type=T.seed, default=0)
+    p.add_argument("--out", type=T.output_file, required=True, help="curve checkpoint (.safetensors)")
+    p.add_argument("--plot", type=T.png_file, help="PNG: accuracy along the curve and the linear path")
     _add_data_args(p, dataset_default=None)
 
 
 @command("curve", "learn a low-loss Bezier or polychain curve between two models", _curve_args)
 def cmd_curve(args) -> int:
     import modefuse as mf
+    if args.robust and args.align == "pam":
+        raise UsageError("--robust is not available with --align pam; use --align activation or weight")
     a, b = mf.load(args.a), mf.load(args.b)
     train, test = _load_data(args, "train", a), _load_data(args, "test", a)
     attack = mf.PGD() if args.robust else None
@@ -291,18 +334,18 @@ def cmd_curve(args) -> int:
 
 
 def _reproduce_args(p):
-    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("name", nargs="?", type=T.experiment, help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="name each experiment with what it shows")
-    p.add_argument("--quick", action="store_true", help="the quick preset: about 10 minutes on 2 CPU cores")
-    p.add_argument("--tiny", action="store_true", help="a smoke-test preset: seconds, meaningless numbers")
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="the quick preset: about 10 minutes on 2 CPU cores")
+    preset.add_argument("--tiny", action="store_true", help="a smoke-test preset: seconds, meaningless numbers")
     p.add_argument("--data-dir", default=None, help="MNIST or CIFAR-10 files for the full preset")
-    p.add_argument("--out", help="output folder (default results/NAME)")
+    p.add_argument("--out", type=T.output_dir, help="output folder (default results/NAME)")
 
 
 @command("reproduce", "run one of the papers' experiments by name: tables, figures and results.json",
          _reproduce_args)
 def cmd_reproduce(args) -> int:
-    from .errors import ModefuseError
     from .experiments import REGISTRY, reproduce
     from .experiments.runner import _load_all
     _load_all()
@@ -310,8 +353,6 @@ def cmd_reproduce(args) -> int:
         for name, exp in REGISTRY.items():
             print(f"{name:10s}  {exp.summary}")
         return 0
-    if args.quick and args.tiny:
-        raise ModefuseError("choose one of --quick and --tiny")
     preset = "quick" if args.quick else "tiny" if args.tiny else "full"
     run = reproduce(args.name, preset, out=args.out, data_dir=args.data_dir)
     print(f"{args.name}: wrote {run.out / 'results.json'}, {run.out / 'table.md'} and {len(run.figures)} figure(s)")
@@ -328,8 +369,38 @@ def _report(args, result: dict) -> None:
         print(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, `modefuse <command>: error: ...` (exit status 2), without argparse's usage block."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): (must )?", lambda m: m[1] + (" must " if m[2] else ": "), message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# Positional arguments that name input checkpoints, and options that name files the command writes.
+_INPUTS = ("checkpoint", "reference", "model", "a", "b", "c", "checkpoints")
+_OUTPUTS = ("out", "plot", "plot_couplings")
+
+
+def _check_paths(args) -> None:
+    """No command overwrites one of its inputs, or writes two outputs to one file."""
+    inputs = []
+    for dest in _INPUTS:
+        value = getattr(args, dest, None)
+        inputs += value if isinstance(value, list) else [value] if value else []
+    outputs = [(dest, getattr(args, dest, None)) for dest in _OUTPUTS if getattr(args, dest, None)]
+    for i, (dest, out) in enumerate(outputs):
+        option = "--" + dest.replace("_", "-")
+        for inp in inputs:
+            if T.same_file(out, inp):
+                raise UsageError(f"{option} {out} is one of the input checkpoints; write to another file")
+        for other_dest, other in outputs[:i]:
+            if T.same_file(out, other):
+                raise UsageError(f"--{other_dest.replace('_', '-')} and {option} name the same file {out}")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modefuse", description="Align, fuse and connect trained neural networks.")
+    p = _Parser(prog="modefuse", description="Align, fuse and connect trained neural networks.")
     p.add_argument("--version", action="version", version=f"modefuse {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (fn, help, arguments) in COMMANDS.items():
@@ -337,25 +408,48 @@ def parser() -> argparse.ArgumentParser:
         arguments(sp)
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
         sp.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-        sp.set_defaults(func=fn)
+        sp.set_defaults(func=fn, parser=sp)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run `modefuse <command>`: 0 on success, 2 for a usage error, 1 for a failure, each error one line."""
+    p = parser()
+    try:  # argparse exits (2 after its one-line error, 0 after --help): return that status instead
+        args, extra = p.parse_known_args(argv)
+        if extra and getattr(args, "func", None):
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     if not getattr(args, "func", None):
-        parser().print_help()
+        p.print_help()
         return 2
-    from .errors import ModefuseError
+    prog = f"modefuse {args.command}"
     try:
+        _check_paths(args)
         return args.func(args)
     except KeyboardInterrupt:
-        print("modefuse: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ModefuseError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except UsageError as e:
         if args.debug:
             raise
-        print(f"modefuse: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (ModefuseError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug or an unforeseen input: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {_one_line(e)} (unexpected; rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
         return 1
 
 

@@ -1,40 +1,68 @@
 """Fusion of K models into one: vanilla averaging, OTFusion, Wasserstein and Gromov-Wasserstein barycenters.
 
-All methods share one loop over the permutation spec's groups (in graph order): for group g and
-model i, a cost between target units and model-i units compares their incoming weights through the
-couplings already found for the other axes (Akash et al. 2023, the design's algorithm notes):
+All methods share one loop over the permutation spec's groups (in graph order). Each unit of group g
+in model i has a feature vector; with `cost="weight"` it is the unit's whole incoming vector (every
+tensor of the group along its unit axis, [W | b], conv kernels, norm parameters), with the other
+groups' axes already transported into the target's basis by their couplings (OTFusion, Singh & Jaggi
+2020; the WB paper's cost through the previous layer's coupling, Akash et al. 2023), and with
+`outgoing` also its outgoing weights; with `cost="activation"` it is the unit's activations on a few
+hundred training examples. Then
 
-    C_i[j, j'] = sum_{k,k'} (W_t[j, k] - W_i[j', k'])^2 pi_prev_i[k, k']
+    C_i[j, j'] = || F_target[j] - F_i[j'] ||^2,    pi_i = OT(uniform, uniform, C_i)
 
-then a coupling pi_i solves OT between uniform marginals (exact, or Sinkhorn with `eps`), and the
-target is the barycenter sum_i lambda_i transport(W_i, pi_i) (see `transport.transport`).
-- "otfusion": the target is model 0 and stays so (Singh & Jaggi 2020);
-- "wasserstein": the target is re-estimated after every sweep (free-support WB), any target width;
+(exact, or Sinkhorn with `eps`), and the target is the barycenter sum_i lambda_i n pi_i F_i.
+- "otfusion": the target is model 0 and stays so;
+- "wasserstein": per group, couplings and barycenter alternate until no coupling changes (free-support
+  WB, any target width);
 - "gromov": as "wasserstein", but a recurrent layer's hidden coupling also matches the
-  hidden-to-hidden matrices (a fused Gromov-Wasserstein term of weight `alpha_h`), solved by
-  alternating the coupling and the quadratic term's linearization;
+  hidden-to-hidden matrices (a fused Gromov-Wasserstein term of weight `alpha_h`: their rows,
+  transported by the current hidden coupling, join the features; re-solved until stable);
   "wasserstein" ignores hidden-to-hidden matrices when coupling, as Wang et al. (2020) did.
+The fused model is the barycenter of the K models transported by their couplings
+(`transport.transport_tensor`), accumulated one tensor at a time.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import models as zoo
-from .align import example_for
+from .align import _graph, example_for
+from .checks import nonneg_float, positive_float, positive_int
 from .errors import ArchitectureMismatchError, ModefuseError
 from .infer import infer_spec
+from .probe import unit_activations
+from .progress import bar
 from .solvers import ot_plan
 from .spec import PermutationSpec
 from .statedict import check_finite, check_same_architecture
-from .transport import transport
+from .transport import transport_tensor, unit_rows
 
-METHODS = ("average", "otfusion", "wasserstein", "gromov")
+
+class _Entry(NamedTuple):
+    """A tensor axis holding units of the group being coupled, as it enters the weight features."""
+
+    key: str
+    axis: int
+    others: list[tuple[int, str]]  # the tensor's other grouped axes: (axis, group)
+    weight: float  # alpha_h for hidden-to-hidden matrices, else 1
+    recurrent: bool  # one of the other axes is the group itself
+
+
+@dataclass(frozen=True)
+class _Method:
+    free_target: bool  # re-estimate the target as the barycenter (else model 0 stays the target)
+    recurrent: bool  # hidden-to-hidden matrices join the hidden units' features (fused GW term)
+
+
+_METHODS = {"otfusion": _Method(False, False), "wasserstein": _Method(True, False), "gromov": _Method(True, True)}
+METHODS = ("average", *_METHODS)
+COSTS = ("auto", "weight", "activation")
 
 
 @dataclass
@@ -50,17 +78,37 @@ class Fusion:
 
 def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequence[float] | None = None,
          widths: Mapping[str, int] | Sequence[int] | None = None, data=None, example_input=None,
-         eps: float | None = None, iters: int = 20, alpha_h: float = 1e3, progress: bool = False) -> Fusion:
+         eps: float | None = None, iters: int = 20, alpha_h: float = 1.0, cost: str = "auto",
+         outgoing: bool = True, limit: int = 500, progress: bool = False) -> Fusion:
     """Fuse `models` (same architecture; widths may differ for "wasserstein"/"gromov") into one.
 
     weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
     order of the spec's groups; default: model 0's); eps: Sinkhorn regularization relative to the
     largest cost (default: exact OT).
+    cost: "weight" (units compared by their transported incoming weights: the papers' cost, no data
+    needed), "activation" (by their activations on `limit` examples of `data`: OTFusion's
+    activation-based metric) or "auto": activation when `data` is given, else weight (activations
+    fuse 4 and 6 MLPs 10-15 points better, REPORT.md).
+    outgoing: the weight cost also compares each unit's outgoing weights (the next layer's columns,
+    transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
+    REPORT.md, so on by default; False is the papers' cost.
+    iters: at most this many sweeps (and barycenter updates per group); alpha_h: weight of the
+    hidden-to-hidden term of "gromov" (1: counted like the other incoming weights).
     """
     if method not in METHODS:
         raise ModefuseError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+    if cost not in COSTS:
+        raise ModefuseError(f"unknown fusion cost {cost!r}; use one of {', '.join(COSTS)}")
     if not models:
         raise ModefuseError("fuse needs at least one model")
+    if eps is not None:
+        positive_float(eps, "eps (Sinkhorn regularization; omit it for exact OT)")
+    iters, limit = positive_int(iters, "iters"), positive_int(limit, "limit")
+    alpha_h = nonneg_float(alpha_h, "alpha_h")
+    if cost == "activation" and data is None:
+        raise ModefuseError("cost='activation' compares units by their activations: pass data= (training examples)")
+    if cost == "auto":
+        cost = "activation" if data is not None else "weight"
     lam = _weights(weights, len(models))
     states = [m.state_dict() for m in models]
     for i, s in enumerate(states):
@@ -76,122 +124,168 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     specs = [infer_spec(m, example_for(m, example_input, data) if i else x) for i, m in enumerate(models)]
     _check_compatible(states, specs)
     sizes = _target_sizes(specs[0], widths)
-    if method == "otfusion" and sizes != specs[0].sizes:
+    if not _METHODS[method].free_target and sizes != specs[0].sizes:
         raise ModefuseError("otfusion keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
-    fuser = _Fuser(specs, states, sizes, lam, method, eps, alpha_h)
-    history = fuser.run(iters if method != "otfusion" else 2, progress)
-    fused = _build(models[0], fuser.target, specs[0], sizes)
+    acts = None
+    if cost == "activation":
+        acts = [unit_activations(m, _graph(sp, m, x, data), sp.unit_nodes, data, limit=limit)
+                for m, sp in zip(models, specs)]
+    fuser = _Fuser(specs, states, sizes, lam, _METHODS[method], eps, alpha_h, outgoing, acts)
+    history = fuser.run(iters, progress, desc=f"fusing ({method})")
+    fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
     target_spec = infer_spec(fused, x) if sizes != specs[0].sizes else specs[0]
     return Fusion(fused, fuser.couplings, target_spec, method, history)
 
 
 class _Fuser:
-    def __init__(self, specs, states, sizes, lam, method, eps, alpha_h):
+    """Couplings of every model to the target, group by group; the target is never materialized whole."""
+
+    def __init__(self, specs, states, sizes, lam, method: _Method, eps, alpha_h, outgoing, acts):
         self.specs, self.states, self.sizes, self.lam = specs, states, sizes, lam
-        self.method, self.eps, self.alpha_h = method, eps, alpha_h
+        self.method, self.eps, self.alpha_h, self.outgoing, self.acts = method, eps, alpha_h, outgoing, acts
+        self.axes = [sp.axes_of for sp in specs]
         self.groups = list(specs[0].groups)
         k = len(states)
         dev = next(iter(states[0].values())).device
-        # model 0 starts coupled to the target by a monotone plan (identity at equal width); the
-        # others by the independent coupling, until the first sweep finds theirs
-        self.couplings = {g: [_monotone(sizes[g], specs[i].sizes[g], dev) if i == 0 else
-                              torch.full((sizes[g], specs[i].sizes[g]), 1.0 / (sizes[g] * specs[i].sizes[g]),
-                                         device=dev) for i in range(k)] for g in self.groups}
-        self.target = transport(states[0], specs[0], {g: c[0] for g, c in self.couplings.items()})
-        self.spec_t = specs[0]
+        # model 0 starts coupled to the target by the monotone plan (identity at equal width): the target
+        # starts as model 0. The others are uncoupled until their group is reached.
+        self.anchor = {g: _monotone(sizes[g], specs[0].sizes[g], dev) for g in self.groups}
+        self.couplings: dict[str, list[torch.Tensor | None]] = {
+            g: [self.anchor[g]] + [None] * (k - 1) for g in self.groups}
+        self.free = False  # whether the target is the barycenter (else model 0 through its monotone plan)
+        self.movable = list(range(1, k))
 
-    def run(self, sweeps: int, progress: bool) -> list[float]:
+    def run(self, sweeps: int, progress: bool, desc: str) -> list[float]:
         history = []
-        for _ in tqdm(range(sweeps), desc=f"fusing ({self.method})", disable=not progress, leave=False):
-            change = 0.0
-            self.done, self.forward_refs = set(), False
-            for g in self.groups:
-                self.done.add(g)
-                for i in range(len(self.states)):
-                    if self.method == "otfusion" and i == 0:
-                        continue  # model 0 is the target
-                    new = self.couple(g, i)
-                    change = max(change, (new - self.couplings[g][i]).abs().max().item())
-                    self.couplings[g][i] = new
-            if self.method != "otfusion":
-                self.target = self.barycenter()
+        for _ in bar(range(sweeps), desc=desc, enabled=progress, unit="sweep"):
+            self.done: set[str] = set()
+            self.incomplete = False  # some feature used a coupling not yet found in this sweep
+            change = max(self.fit_group(g, sweeps) for g in self.groups)
             history.append(change)
-            if change < 1e-7 or (self.method == "otfusion" and not self.forward_refs):
-                break  # otfusion: one sweep is exact unless a group was costed through a later one
-        if self.method == "otfusion":
-            self.target = self.barycenter()
+            if change < 1e-7 or not self.incomplete:
+                break  # without forward references one sweep is exact: each group sees its final inputs
         return history
 
-    def barycenter(self) -> dict[str, torch.Tensor]:
-        """sum_i lambda_i transport(W_i, pi_i), each model transported as the sum reaches it."""
-        return _mix((transport(s, sp, {g: self.couplings[g][i] for g in self.groups})
-                     for i, (s, sp) in enumerate(zip(self.states, self.specs))), self.lam)
+    def fit_group(self, g: str, iters: int) -> float:
+        """Couple every model's units of `g` to the target's; returns the largest coupling change.
 
-    def couple(self, g: str, i: int) -> torch.Tensor:
-        spec_i, state_i = self.specs[i], self.states[i]
-        linear, recurrent = 0.0, []
-        for key, axis in spec_i.groups[g]:
-            if spec_i.is_input(key, axis, state_i[key].dim()):
-                continue  # units are compared by their incoming weights
-            others = [(a, h) for a, h in spec_i.axes_of[key] if a != axis]
-            if any(h == g for _, h in others):
-                recurrent.append((key, axis, others))
-                continue
-            linear = linear + self.entry_cost(key, axis, g, i, others, {})
-        if not recurrent or self.method != "gromov":
-            return ot_plan(linear, eps=self.eps)
-        # fused Gromov-Wasserstein: linearize the quadratic term at the current coupling, re-solve.
-        # Exact OT in this loop beat entropic OT (eps 1e-2, 1e-3 relative) on Fashion-MNIST LSTMs.
-        eps = self.eps
-        pi = ot_plan(linear, eps=eps) if isinstance(linear, torch.Tensor) else self.couplings[g][i]
+        First to model 0 (through its monotone plan: itself at equal widths), as OTFusion does; then,
+        for a free target, to the barycenter of the models as coupled, until no coupling changes. The
+        first step matters: started from the previous sweep's couplings instead, the barycenter of
+        K = 2 models holds half of each model and keeps whatever coupling it starts from. At another
+        width than model 0's, model 0 squeezed by the monotone plan is no model at all: there it only
+        starts the first sweep, and later sweeps start from the barycenter.
+        """
+        old = list(self.couplings[g])
+        k = len(self.states)
+        same_width = self.sizes[g] == self.specs[0].sizes[g]
+        start = 1 if self.method.free_target and not same_width and None not in old else 0
+        for step in range(start, iters if self.method.free_target else 1):
+            self.free = step > 0
+            # model 0 is coupled too when the target is the barycenter or model 0 in another width
+            self.movable = list(range(k)) if self.free or not same_width else list(range(1, k))
+            entries = self.entries(g)
+            target = self.target_features(g, entries)
+            new = list(self.couplings[g])
+            if 0 not in self.movable:
+                new[0] = self.anchor[g]  # the target is model 0 itself
+            for i in self.movable:
+                new[i] = self.couple(g, i, entries, target)
+            settled = all(p is not None and (n - p).abs().max().item() < 1e-7
+                          for n, p in zip(new, self.couplings[g]))
+            self.couplings[g] = new
+            if settled and step > 0:
+                break
+        self.done.add(g)
+        return max((1.0 if p is None else (n - p).abs().max().item()) for n, p in zip(self.couplings[g], old))
+
+    def couple(self, g: str, i: int, entries: list[_Entry], target: list[torch.Tensor]) -> torch.Tensor:
+        """The OT plan from model i's units of `g` to the target's.
+
+        With hidden-to-hidden entries (gromov) the cost depends on the plan itself (a fused
+        Gromov-Wasserstein problem): solve it at a linearization, the hidden-to-hidden columns
+        transported by the current plan (at first, the plan found without them), until it stops changing.
+        """
+        if not any(e.recurrent for e in entries):
+            return ot_plan(sqdist(target, self.features(g, i, entries)), eps=self.eps)
+        pi = self.couplings[g][i]
+        if pi is None:
+            keep = [j for j, e in enumerate(entries) if not e.recurrent]
+            pi = ot_plan(sqdist([target[j] for j in keep], self.features(g, i, [entries[j] for j in keep])),
+                         eps=self.eps)
         for _ in range(10):
-            quad = sum(self.entry_cost(k, a, g, i, o, {g: pi}) for k, a, o in recurrent)
-            new = ot_plan(linear + self.alpha_h * quad, eps=eps)
-            if (new - pi).abs().max().item() < 1e-6:
-                return new
+            new = ot_plan(sqdist(target, self.features(g, i, entries, own=pi)), eps=self.eps)
+            if (new - pi).abs().max().item() < 1e-7:
+                break
             pi = new
-        return pi
+        return new
 
-    def entry_cost(self, key, axis, g, i, others, override) -> torch.Tensor:
-        """sum_{k,k',r} (W_t[j,k,r] - W_i[j',k',r])^2 pi[k,k'] for the rows of tensor `key` on `axis`."""
-        spec_i = self.specs[i]
-        if len(others) > 1:
-            raise ModefuseError(f"tensor {key!r} has units of more than two groups; fusion supports at most one "
-                                f"other permuted axis per tensor")
-        wt = _rows(self.target[key].float(), key, axis, g, self.sizes[g], others, self.spec_t, self.sizes)
-        wi = _rows(self.states[i][key].float(), key, axis, g, spec_i.sizes[g], others, spec_i, spec_i.sizes)
-        if others:
-            h = others[0][1]
-            self.forward_refs |= h not in self.done
-            pi = override.get(h, self.couplings[h][i]).to(wt)
-        else:
-            pi = torch.ones(1, 1, dtype=wt.dtype, device=wt.device)
-        a, b = pi.sum(1), pi.sum(0)
-        at = (wt ** 2).sum(2) @ a
-        bi = (wi ** 2).sum(2) @ b
-        cross = (wt.transpose(1, 2) @ pi).transpose(1, 2).reshape(len(wt), -1) @ wi.reshape(len(wi), -1).T
-        return at[:, None] + bi[None, :] - 2 * cross
+    def entries(self, g: str) -> list[_Entry]:
+        """The tensors whose rows along a unit axis of `g` make the weight features; an entry whose
+        other axes are not yet coupled for every model waits for a later sweep."""
+        if self.acts is not None:
+            return []
+        spec, state, out = self.specs[0], self.states[0], []
+        for key, axis in spec.groups[g]:
+            t = state[key]
+            if not t.is_floating_point() or (spec.is_input(key, axis, t.dim()) and not self.outgoing):
+                continue
+            others = [(a, h) for a, h in self.axes[0][key] if a != axis]
+            recurrent = any(h == g for _, h in others)  # hidden-to-hidden: the fused Gromov-Wasserstein term
+            if recurrent and not self.method.recurrent:
+                continue
+            if any(self.couplings[h][i] is None for _, h in others if h != g for i in self.movable):
+                self.incomplete = True
+                continue
+            self.incomplete |= any(h not in self.done and h != g for _, h in others)
+            out.append(_Entry(key, axis, others, self.alpha_h if recurrent else 1.0, recurrent))
+        if not out:
+            raise ModefuseError(f"group {g!r} has no incoming weights to compare its units by; use cost='activation'")
+        return out
+
+    def features(self, g: str, i: int, entries: list[_Entry], own: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Model i's units of `g` as feature rows, one block per entry (activations: one block): the
+        entry's rows with its other axes transported (`g`'s own axis, in hidden-to-hidden matrices, by `own`)."""
+        if self.acts is not None:
+            if g not in self.acts[i]:
+                raise ModefuseError(f"no graph node carries the units of group {g!r} plainly, so their activations "
+                                    f"cannot be read; use cost='weight'")
+            return [self.acts[i][g]]
+        spec, parts = self.specs[i], []
+        for e in entries:
+            plans = {h: own if h == g and own is not None else self.couplings[h][i] for _, h in e.others}
+            t = transport_tensor(self.states[i][e.key].float(), e.key, e.others, spec, plans)
+            rows = unit_rows(t, spec, g, e.key, e.axis)
+            parts.append(rows if e.weight == 1.0 else rows * math.sqrt(e.weight))
+        return parts
+
+    def target_features(self, g: str, entries: list[_Entry]) -> list[torch.Tensor]:
+        """Model 0's features through its coupling (OTFusion, and before any coupling of g), else the barycenter
+        sum_i lam_i n pi_i F_i."""
+        plans = self.couplings[g]
+        if not self.free or any(p is None for p in plans):
+            pi = self.anchor[g]
+            f = self.features(g, 0, entries, own=pi)
+            return f if pi.shape[0] == pi.shape[1] else [len(pi) * pi @ x for x in f]
+        out = None
+        for lam, pi, i in zip(self.lam, plans, range(len(plans))):
+            moved = [lam * len(pi) * pi @ f for f in self.features(g, i, entries)]
+            out = moved if out is None else [a.add_(b) for a, b in zip(out, moved)]
+        return out
+
+    def fused_state(self) -> dict[str, torch.Tensor]:
+        """sum_i lambda_i transport(W_i, pi_i), one tensor at a time."""
+        plans = [{g: c[i] for g, c in self.couplings.items()} for i in range(len(self.states))]
+        return {key: _mix_tensors((transport_tensor(s[key], key, ax.get(key, []), sp, p)
+                                   for s, sp, ax, p in zip(self.states, self.specs, self.axes, plans)), self.lam)
+                for key in self.states[0]}
 
 
-def _rows(t: torch.Tensor, key: str, axis: int, g: str, n: int, others, spec: PermutationSpec,
-          sizes: Mapping[str, int]) -> torch.Tensor:
-    """Tensor `key` as (n units of g, K units of the other permuted axis or 1, the rest)."""
-    lay = _whole_axis(spec.layout(g, key, axis), n, t.shape[axis], key, axis)
-    if not others:
-        x = t.movedim(axis, 0).reshape(lay.tiles, n, lay.block, -1)
-        return x.permute(1, 0, 2, 3).reshape(n, 1, -1)
-    oa, h = others[0]
-    m = sizes[h]
-    lh = _whole_axis(spec.layout(h, key, oa), m, t.shape[oa], key, oa)
-    x = t.movedim((axis, oa), (0, 1)).reshape(lay.tiles, n, lay.block, lh.tiles, m, lh.block, -1)
-    return x.permute(1, 4, 0, 2, 3, 5, 6).reshape(n, m, -1)
-
-
-def _whole_axis(layout, n: int, size: int, key: str, axis: int):
-    if layout.offset != 0 or layout.tiles * layout.block * n != size:
-        raise ModefuseError(f"axis {axis} of {key!r} holds units of several groups (a concatenation?); fusion "
-                            f"needs each axis to belong to one group")
-    return layout
+def sqdist(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of a and b, each given as column blocks (computed in
+    float64, so near-ties are resolved alike on every platform)."""
+    a, b = torch.cat(list(a), 1).double(), torch.cat(list(b), 1).double()
+    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
 
 
 def _weights(weights, k: int) -> list[float]:
@@ -203,19 +297,24 @@ def _weights(weights, k: int) -> list[float]:
     return [v / sum(w) for v in w]
 
 
-def _mix(states: Iterable[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
-    """sum_i lam_i states_i, accumulated one state at a time (a generator keeps one in memory);
-    integer tensors (counters such as num_batches_tracked) are taken from the first."""
-    acc: dict[str, torch.Tensor] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for weight, state in zip(lam, states):
-        for k, v in state.items():
-            if k not in acc:
-                dtypes[k] = v.dtype
-                acc[k] = v.float() * weight if v.is_floating_point() else v.clone()
-            elif v.is_floating_point():
-                acc[k].add_(v.float(), alpha=weight)
-    return {k: v.to(dtypes[k]) for k, v in acc.items()}
+def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
+    """sum_i lam_i states_i, tensor by tensor."""
+    return {k: _mix_tensors((s[k] for s in states), lam) for k in states[0]}
+
+
+def _mix_tensors(tensors: Iterable[torch.Tensor], lam: list[float]) -> torch.Tensor:
+    """sum_i lam_i tensors_i, accumulated one at a time; integer tensors (counters such as
+    num_batches_tracked) are taken from the first."""
+    acc = None
+    for weight, t in zip(lam, tensors):
+        if acc is None:
+            dtype = t.dtype
+            if not t.is_floating_point():
+                return t.clone()
+            acc = t.float() * weight
+        else:
+            acc.add_(t.float(), alpha=weight)
+    return acc.to(dtype)
 
 
 def _monotone(n_t: int, n_s: int, device) -> torch.Tensor:
@@ -244,12 +343,14 @@ def _target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
         unknown = [g for g in widths if g not in spec.sizes]
         if unknown:
             raise ModefuseError(f"no group {unknown[0]!r} in the model; its groups are: {', '.join(spec.sizes)}")
-        return {g: int(widths.get(g, n)) for g, n in spec.sizes.items()}
-    widths = list(widths)
-    if len(widths) != len(spec.sizes):
-        raise ModefuseError(f"widths has {len(widths)} entries but the model has {len(spec.sizes)} groups: "
-                            f"{', '.join(spec.sizes)}")
-    return {g: int(w) for g, w in zip(spec.sizes, widths)}
+        sizes = {g: widths.get(g, n) for g, n in spec.sizes.items()}
+    else:
+        widths = list(widths)
+        if len(widths) != len(spec.sizes):
+            raise ModefuseError(f"widths has {len(widths)} entries but the model has {len(spec.sizes)} groups: "
+                                f"{', '.join(spec.sizes)}")
+        sizes = dict(zip(spec.sizes, widths))
+    return {g: positive_int(w, f"the width of group {g!r}") for g, w in sizes.items()}
 
 
 def _check_compatible(states, specs) -> None:

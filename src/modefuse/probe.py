@@ -84,6 +84,25 @@ def unit_correlations(ref: nn.Module, model: nn.Module, graph: fx.Graph,
     return {g: sum(stats[n].correlation() for n, _ in nodes) for g, nodes in taps.items() if nodes}
 
 
+def unit_activations(model: nn.Module, graph: fx.Graph, taps: dict[str, list[tuple[str, int]]], data,
+                     limit: int = 500, max_features: int = 4096) -> dict[str, torch.Tensor]:
+    """Per group, each unit's activations on data as a feature row: (units, samples), float32.
+
+    Every tapped node of the group adds its samples (conv positions and time steps count as samples);
+    at most `max_features` samples per node are kept, at a fixed stride (the same for every model).
+    """
+    axes = {n: ax for nodes in taps.values() for n, ax in nodes}
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in axes}
+    batch_size = 100
+    n_batches = -(-limit // batch_size)
+    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+        for n, v in samples.items():
+            step = max(1, -(-len(v) * n_batches // max_features))
+            parts[n].append(v[::step].float())
+    return {g: torch.cat([torch.cat(parts[n])[:max_features].T for n, _ in nodes], 1)
+            for g, nodes in taps.items() if nodes}
+
+
 def unit_moments(model: nn.Module, graph: fx.Graph, axes: dict[str, int], data, limit: int = 5000,
                  batch_size: int = 500) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Mean and std of every unit at the nodes of `axes` (name -> unit axis)."""

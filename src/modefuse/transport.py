@@ -63,22 +63,33 @@ def transport(state: Mapping[str, torch.Tensor], spec: PermutationSpec, coupling
     equal: splitting into copies would multiply the layer's output by n_target / n_source.
     """
     perms = {g: as_permutation(pi) for g, pi in couplings.items()}
-    identity = {g for g, p in perms.items() if p is not None and torch.equal(p, torch.arange(len(p), device=p.device))}
     out = dict(state)
     for key, axes in spec.axes_of.items():
-        t = state[key]
-        for axis, group in axes:
-            if group not in couplings or group in identity:
-                continue
-            if perms[group] is not None:  # a permutation: both scalings are 1, so gather instead of multiply
-                t = t.index_select(axis, axis_index(spec, group, key, axis, perms[group].to(t.device), t.shape[axis]))
-                continue
-            pi = couplings[group].to(t.device, t.dtype if t.is_floating_point() else torch.float32)
-            n_t, n_s = pi.shape
-            scale = n_s if spec.is_input(key, axis, t.dim()) else n_t
-            t = apply_along(t, axis, scale * pi, spec.layout(group, key, axis), key)
-        out[key] = t
+        out[key] = transport_tensor(state[key], key, axes, spec, couplings, perms)
     return out
+
+
+def transport_tensor(t: torch.Tensor, key: str, axes: list[tuple[int, str]], spec: PermutationSpec,
+                     couplings: Mapping[str, torch.Tensor],
+                     perms: Mapping[str, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Tensor `key` with the coupling of each of its `axes` (from `spec.axes_of`) applied, as `transport` does.
+
+    Axes whose group has no coupling are left alone; `perms` caches `as_permutation` of the couplings.
+    """
+    for axis, group in axes:
+        pi = couplings.get(group)
+        if pi is None:
+            continue
+        perm = perms[group] if perms is not None and group in perms else as_permutation(pi)
+        if perm is not None:  # a permutation: both scalings are 1, so gather instead of multiply
+            if not torch.equal(perm, torch.arange(len(perm), device=perm.device)):
+                t = t.index_select(axis, axis_index(spec, group, key, axis, perm.to(t.device), t.shape[axis]))
+            continue
+        pi = pi.to(t.device, t.dtype if t.is_floating_point() else torch.float32)
+        n_t, n_s = pi.shape
+        scale = n_s if spec.is_input(key, axis, t.dim()) else n_t
+        t = apply_along(t, axis, scale * pi, spec.layout(group, key, axis), key)
+    return t
 
 
 def as_permutation(pi: torch.Tensor) -> torch.Tensor | None:

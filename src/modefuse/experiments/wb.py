@@ -9,6 +9,7 @@ from ..bn import has_batchnorm, reset_bn
 from ..fuse import fuse
 from ..plane import plane
 from ..plots import plot_couplings
+from ..repair import repair
 from ..training import evaluate, train
 from .runner import Run, experiment
 
@@ -24,19 +25,36 @@ def _finetuned(model, train_data, s: dict, seed: int = 0) -> float:
     return m
 
 
-def _fusion_rows(ctx: Run, models, train_data, test, methods=("average", "otfusion", "wasserstein"), **kw):
-    """One row per method: accuracy before and after fine-tuning."""
+# (row label, fuse arguments): the paper's weight cost, with outgoing weights, and the activation cost
+VARIANTS = (("average", {"method": "average"}),
+            ("otfusion, weight cost (paper)", {"method": "otfusion", "cost": "weight", "outgoing": False}),
+            ("wasserstein, weight cost (paper)", {"method": "wasserstein", "cost": "weight", "outgoing": False}),
+            ("otfusion, in+out weights", {"method": "otfusion", "cost": "weight", "outgoing": True}),
+            ("wasserstein, in+out weights", {"method": "wasserstein", "cost": "weight", "outgoing": True}),
+            ("otfusion, activation cost", {"method": "otfusion", "cost": "activation"}),
+            ("wasserstein, activation cost", {"method": "wasserstein", "cost": "activation"}))
+HEADER = ["model", "test accuracy", "accuracy + REPAIR", "accuracy after fine-tuning"]
+
+
+def _fusion_rows(ctx: Run, models, train_data, test, variants=VARIANTS, **kw):
+    """One row per variant: one-shot accuracy, with REPAIR, and after fine-tuning the one-shot model."""
     s = ctx.settings
     rows = []
-    for method in methods:
-        fused = fuse(models, method=method, **kw).model
-        if has_batchnorm(fused):
-            reset_bn(fused, train_data)
-        before = _acc(fused, test)
-        after = _acc(_finetuned(fused, train_data, s), test)
-        rows.append([method, before, after])
-        ctx.results.setdefault("fusion", {})[f"K={len(models)} {method}"] = {"before": before, "after": after}
+    for label, args in variants:
+        fus = fuse(models, data=train_data, **args, **kw)
+        if has_batchnorm(fus.model):
+            reset_bn(fus.model, train_data)
+        before = _acc(fus.model, test)
+        repaired = _acc(repair(fus.model, models, train_data, couplings=fus.couplings or None), test)
+        after = _acc(_finetuned(fus.model, train_data, s), test)
+        rows.append([label, before, repaired, after])
+        ctx.results.setdefault("fusion", {})[f"K={len(models)} {label}"] = {
+            "before": before, "repair": repaired, "after": after}
     return rows
+
+
+def _input_rows(models, test, label=lambda i: f"input {i}") -> list[list]:
+    return [[label(i), _acc(m, test), "", ""] for i, m in enumerate(models)]
 
 
 @experiment("wb-mlp", "fusion of 2, 4 and 6 MLPs (400-200-100) trained on the same data: inputs, vanilla "
@@ -53,9 +71,9 @@ def wb_mlp(ctx: Run) -> None:
     for k in s["ks"]:
         accs = [_acc(m, test) for m in models[:k]]
         ctx.log(f"fusing {k} models")
-        rows = [["inputs (mean)", sum(accs) / k, ""], ["inputs (best)", max(accs), ""]]
+        rows = [["inputs (mean)", sum(accs) / k, "", ""], ["inputs (best)", max(accs), "", ""]]
         rows += _fusion_rows(ctx, models[:k], train_data, test)
-        ctx.table(f"K = {k} models", ["model", "test accuracy", "accuracy after fine-tuning"], rows)
+        ctx.table(f"K = {k} models", HEADER, rows)
 
 
 @experiment("wb-hetero", "fusion of models trained on different label splits of the data, and of models of "
@@ -73,18 +91,17 @@ def wb_hetero(ctx: Run) -> None:
     split_models = [ctx.model(f"labels{i}", "mlp", h, seed=i, epochs=s["epochs"],
                               model_kwargs={"widths": s["widths"][0], "num_classes": 10})
                     for i, h in enumerate(halves)]
-    rows = [[f"input {i} (labels {sorted(set(h.targets.tolist()))})", _acc(m, test), ""]
-            for i, (m, h) in enumerate(zip(split_models, halves))]
+    rows = _input_rows(split_models, test, lambda i: f"input {i} (labels {sorted(set(halves[i].targets.tolist()))})")
     rows += _fusion_rows(ctx, split_models, train_data, test)
-    ctx.table("Two models trained on disjoint label sets (evaluated on all classes)",
-              ["model", "test accuracy", "accuracy after fine-tuning"], rows)
+    ctx.table("Two models trained on disjoint label sets (evaluated on all classes)", HEADER, rows)
     models = [ctx.model(f"width{i}", "mlp", train_data, seed=i, epochs=s["epochs"], model_kwargs={"widths": w})
               for i, w in enumerate(s["widths"])]
-    rows = [[f"input {'-'.join(map(str, w))}", _acc(m, test), ""] for w, m in zip(s["widths"], models)]
-    rows += _fusion_rows(ctx, models, train_data, test, methods=("wasserstein",), widths=s["target"])
-    rows[-1][0] = f"wasserstein into {'-'.join(map(str, s['target']))}"
-    ctx.table("Models of different widths fused into a third width", ["model", "test accuracy",
-                                                                     "accuracy after fine-tuning"], rows)
+    rows = _input_rows(models, test, lambda i: f"input {'-'.join(map(str, s['widths'][i]))}")
+    into = "-".join(map(str, s["target"]))
+    rows += _fusion_rows(ctx, models, train_data, test, widths=s["target"],
+                         variants=[(f"{label} into {into}", args)
+                                   for label, args in VARIANTS if args["method"] == "wasserstein"])
+    ctx.table("Models of different widths fused into a third width", HEADER, rows)
 
 
 @experiment("wb-cnn", "fusion of two VGG11 and two ResNet-18 (no BatchNorm, as in the paper): inputs, "
@@ -102,9 +119,9 @@ def wb_cnn(ctx: Run) -> None:
                             ("ResNet-18", "resnet18", {"width": s["resnet_width"], "norm": "none"})):
         models = [ctx.model(f"{arch}_s{i}", arch, train_data, seed=i, epochs=s["epochs"], model_kwargs=kw)
                   for i in range(2)]
-        rows = [[f"input {i}", _acc(m, test), ""] for i, m in enumerate(models)]
+        rows = _input_rows(models, test)
         rows += _fusion_rows(ctx, models, train_data, test)
-        ctx.table(label, ["model", "test accuracy", "accuracy after fine-tuning"], rows)
+        ctx.table(label, HEADER, rows)
 
 
 @experiment("wb-rnn", "RNN and LSTM reading image rows: averaging vs WB ignoring hidden-to-hidden weights vs GWB",
@@ -117,11 +134,12 @@ def wb_rnn(ctx: Run) -> None:
     for arch in ("rnn", "lstm"):
         models = [ctx.model(f"{arch}_s{i}", arch, train_data, seed=i, epochs=s["epochs"],
                             model_kwargs={"hidden": s["hidden"]}) for i in range(2)]
-        rows = [[f"input {i}", _acc(m, test), ""] for i, m in enumerate(models)]
-        rows += _fusion_rows(ctx, models, train_data, test, methods=("average", "wasserstein", "gromov"))
-        rows[-2][0] = "WB, hidden-to-hidden ignored"
-        rows[-1][0] = "GWB (hidden-to-hidden matched)"
-        ctx.table(arch.upper(), ["model", "test accuracy", "accuracy after fine-tuning"], rows)
+        rows = _input_rows(models, test)
+        rows += _fusion_rows(ctx, models, train_data, test, variants=(
+            ("average", {"method": "average"}),
+            ("WB, hidden-to-hidden ignored", {"method": "wasserstein"}),
+            ("GWB (hidden-to-hidden matched)", {"method": "gromov"})))
+        ctx.table(arch.upper(), HEADER, rows)
 
 
 @experiment("lmc-plane", "loss planes through model 1, model 2 and permuted model 2 for an MLP and a CNN, and "
