@@ -137,8 +137,9 @@ def wb_rnn(ctx: Run) -> None:
         rows = _input_rows(models, test)
         rows += _fusion_rows(ctx, models, train_data, test, variants=(
             ("average", {"method": "average"}),
-            ("WB, hidden-to-hidden ignored", {"method": "wasserstein"}),
-            ("GWB (hidden-to-hidden matched)", {"method": "gromov"})))
+            ("WB, weight cost, hidden-to-hidden ignored", {"method": "wasserstein", "cost": "weight"}),
+            ("GWB, weight cost, hidden-to-hidden matched", {"method": "gromov", "cost": "weight"}),
+            ("WB, activation cost", {"method": "wasserstein", "cost": "activation"})))
         ctx.table(arch.upper(), HEADER, rows)
 
 
