@@ -88,7 +88,7 @@ def test_cost_compares_whole_transported_incoming_vectors():
     f.fit_group("layers.0", 5)
     swap = torch.tensor([[0, 0.5], [0.5, 0]])
     assert torch.equal(f.couplings["layers.0"][1], swap)
-    entries = f.entries("layers.1")
+    entries = f.entries("layers.1", [1])
     fb = torch.cat(f.features("layers.1", 1, entries), 1)
     # b's second layer with its inputs put back in a's order, and its bias: rows (3, 0 | 0) and (0, 3 | 0.5)
     assert torch.allclose(fb, torch.tensor([[3.0, 0, 0], [0, 3, 0.5]]))
@@ -107,12 +107,12 @@ def test_cost_through_a_rectangular_coupling():
     f.done, f.incomplete = set(), False
     # target unit 0 <- input unit 0; target unit 1 <- half of each; target unit 2 <- input unit 1
     f.couplings["layers.0"][0] = torch.tensor([[1 / 3, 0], [1 / 6, 1 / 6], [0, 1 / 3]])
-    fa = torch.cat(f.features("layers.1", 0, f.entries("layers.1")), 1)
+    fa = torch.cat(f.features("layers.1", 0, f.entries("layers.1", [0])), 1)
     # W (m pi^T) with m = 2: row (2, 4) -> (2 * 2/3, 2 * 1/3 + 4 * 1/3, 4 * 2/3) = (4/3, 2, 8/3)
     assert torch.allclose(fa, torch.tensor([[4 / 3, 2, 8 / 3, 1], [4, 14 / 3, 16 / 3, -1]]))
     assert torch.allclose(fa[:, :3].sum(1), torch.tensor([2.0 + 4, 6 + 8]))  # every source weight kept whole
     # a plan that splits every input into two copies: the transported layer computes the same outputs
     f.couplings["layers.0"][0] = torch.tensor([[0.25, 0], [0.25, 0], [0, 0.25], [0, 0.25]])
-    fa = torch.cat(f.features("layers.1", 0, f.entries("layers.1")), 1)
+    fa = torch.cat(f.features("layers.1", 0, f.entries("layers.1", [0])), 1)
     h = torch.tensor([0.3, 0.7])
     assert torch.allclose(fa[:, :4] @ h.repeat_interleave(2), torch.tensor([[2.0, 4], [6, 8]]) @ h)

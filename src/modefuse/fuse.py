@@ -41,7 +41,7 @@ from .progress import bar
 from .solvers import ot_plan
 from .spec import PermutationSpec
 from .statedict import check_finite, check_same_architecture
-from .transport import transport_tensor, unit_rows
+from .transport import as_permutation, transport_tensor, unit_rows
 
 
 class _Entry(NamedTuple):
@@ -152,8 +152,6 @@ class _Fuser:
         self.anchor = {g: _monotone(sizes[g], specs[0].sizes[g], dev) for g in self.groups}
         self.couplings: dict[str, list[torch.Tensor | None]] = {
             g: [self.anchor[g]] + [None] * (k - 1) for g in self.groups}
-        self.free = False  # whether the target is the barycenter (else model 0 through its monotone plan)
-        self.movable = list(range(1, k))
 
     def run(self, sweeps: int, progress: bool, desc: str) -> list[float]:
         history = []
@@ -181,15 +179,15 @@ class _Fuser:
         same_width = self.sizes[g] == self.specs[0].sizes[g]
         start = 1 if self.method.free_target and not same_width and None not in old else 0
         for step in range(start, iters if self.method.free_target else 1):
-            self.free = step > 0
+            free = step > 0  # the target is the barycenter (else model 0 through its monotone plan)
             # model 0 is coupled too when the target is the barycenter or model 0 in another width
-            self.movable = list(range(k)) if self.free or not same_width else list(range(1, k))
-            entries = self.entries(g)
-            target = self.target_features(g, entries)
+            movable = list(range(k)) if free or not same_width else list(range(1, k))
+            entries = self.entries(g, movable)
+            target = self.target_features(g, entries, free)
             new = list(self.couplings[g])
-            if 0 not in self.movable:
+            if 0 not in movable:
                 new[0] = self.anchor[g]  # the target is model 0 itself
-            for i in self.movable:
+            for i in movable:
                 new[i] = self.couple(g, i, entries, target)
             settled = all(p is not None and (n - p).abs().max().item() < 1e-7
                           for n, p in zip(new, self.couplings[g]))
@@ -220,9 +218,9 @@ class _Fuser:
             pi = new
         return new
 
-    def entries(self, g: str) -> list[_Entry]:
+    def entries(self, g: str, movable: list[int]) -> list[_Entry]:
         """The tensors whose rows along a unit axis of `g` make the weight features; an entry whose
-        other axes are not yet coupled for every model waits for a later sweep."""
+        other axes are not yet coupled for every `movable` model waits for a later sweep."""
         if self.acts is not None:
             return []
         spec, state, out = self.specs[0], self.states[0], []
@@ -234,7 +232,7 @@ class _Fuser:
             recurrent = any(h == g for _, h in others)  # hidden-to-hidden: the fused Gromov-Wasserstein term
             if recurrent and not self.method.recurrent:
                 continue
-            if any(self.couplings[h][i] is None for _, h in others if h != g for i in self.movable):
+            if any(self.couplings[h][i] is None for _, h in others if h != g for i in movable):
                 self.incomplete = True
                 continue
             self.incomplete |= any(h not in self.done and h != g for _, h in others)
@@ -259,11 +257,11 @@ class _Fuser:
             parts.append(rows if e.weight == 1.0 else rows * math.sqrt(e.weight))
         return parts
 
-    def target_features(self, g: str, entries: list[_Entry]) -> list[torch.Tensor]:
-        """Model 0's features through its coupling (OTFusion, and before any coupling of g), else the barycenter
-        sum_i lam_i n pi_i F_i."""
+    def target_features(self, g: str, entries: list[_Entry], free: bool) -> list[torch.Tensor]:
+        """Model 0's features through its monotone plan (OTFusion's target), or with a `free` target the
+        barycenter sum_i lam_i n pi_i F_i of the models as coupled."""
         plans = self.couplings[g]
-        if not self.free or any(p is None for p in plans):
+        if not free:
             pi = self.anchor[g]
             f = self.features(g, 0, entries, own=pi)
             return f if pi.shape[0] == pi.shape[1] else [len(pi) * pi @ x for x in f]
@@ -276,8 +274,10 @@ class _Fuser:
     def fused_state(self) -> dict[str, torch.Tensor]:
         """sum_i lambda_i transport(W_i, pi_i), one tensor at a time."""
         plans = [{g: c[i] for g, c in self.couplings.items()} for i in range(len(self.states))]
-        return {key: _mix_tensors((transport_tensor(s[key], key, ax.get(key, []), sp, p)
-                                   for s, sp, ax, p in zip(self.states, self.specs, self.axes, plans)), self.lam)
+        perms = [{g: as_permutation(pi) for g, pi in p.items()} for p in plans]  # once per model, not per tensor
+        return {key: _mix_tensors((transport_tensor(s[key], key, ax.get(key, []), sp, p, q)
+                                   for s, sp, ax, p, q in zip(self.states, self.specs, self.axes, plans, perms)),
+                                  self.lam)
                 for key in self.states[0]}
 
 
