@@ -66,8 +66,8 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
     spec.check(ref_state)
     history: list[float] = []
     if method == "activation":
-        graph = _graph(spec, reference, example_input, data)
-        corr = unit_correlations(reference, model, graph, spec.unit_nodes, data, limit=limit)
+        unit_nodes, trace = taps(spec, reference, example_input, data)
+        corr = unit_correlations(reference, model, trace, unit_nodes, data, limit=limit)
         missing = [g for g in spec.groups if g not in corr]
         if missing:
             raise ModefuseError(f"no activations carry group {missing[0]!r}; align it by weights or pass a spec")
@@ -75,10 +75,10 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
     else:
         targets = dict(ref_state)
         if method == "weight_cov":
-            graph = _graph(spec, reference, example_input, data)
-            for layer, m2 in input_second_moments(reference, graph, data, limit=limit).items():
-                w = targets[f"{layer}.weight"]
-                targets[f"{layer}.weight"] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
+            _, trace = taps(spec, reference, example_input, data)
+            for key, m2 in input_second_moments(reference, trace, data, limit=limit).items():
+                w = targets[key]
+                targets[key] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
         perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps, tol=tol,
                                          ref_inputs=ref_state if method == "weight_cov" else None)
     aligned = copy.deepcopy(model)
@@ -166,8 +166,10 @@ def example_for(model: nn.Module, example_input=None, data=None):
     return x
 
 
-def _graph(spec, model, example_input, data):
-    if spec.graph_module is None:  # a hand-written spec: trace for the activation taps
+def taps(spec: PermutationSpec, model: nn.Module, example_input, data):
+    """(unit_nodes, trace): where each group's units can be read on data. A hand-written spec has no
+    trace: the model is traced for it (the spec itself is left as it is)."""
+    if spec.trace is None:
         traced = infer_spec(model, example_for(model, example_input, data))
-        spec.unit_nodes, spec.graph_module = traced.unit_nodes, traced.graph_module
-    return spec.graph_module.graph
+        return traced.unit_nodes, traced.trace
+    return spec.unit_nodes, spec.trace

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import models as zoo
-from .align import _graph, example_for
+from .align import example_for, taps
 from .checks import nonneg_float, positive_float, positive_int
 from .errors import ArchitectureMismatchError, ModefuseError
 from .infer import infer_spec
@@ -128,8 +128,10 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
         raise ModefuseError("otfusion keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
     acts = None
     if cost == "activation":
-        acts = [unit_activations(m, _graph(sp, m, x, data), sp.unit_nodes, data, limit=limit)
-                for m, sp in zip(models, specs)]
+        acts = []
+        for m, sp in zip(models, specs):
+            unit_nodes, trace = taps(sp, m, x, data)
+            acts.append(unit_activations(m, trace, unit_nodes, data, limit=limit))
     fuser = _Fuser(specs, states, sizes, lam, _METHODS[method], eps, alpha_h, outgoing, acts)
     history = fuser.run(iters, progress, desc=f"fusing ({method})")
     fused = _build(models[0], fuser.fused_state(), specs[0], sizes)

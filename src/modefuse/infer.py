@@ -1,523 +1,541 @@
-"""`infer_spec`: read a module's permutation structure off its `torch.fx` graph.
+"""`infer_spec`: read a module's permutation structure off its `torch.export` ATen graph.
 
-Every tensor flowing through the graph carries at most one axis of hidden
-units (a channel or feature axis) made of segments, each a unit variable with
-a layout. Layers with weights create variables; element-wise ops, norms and
-pooling pass them on; residual additions unify them (union-find); flatten and
-reshape turn a channel into blocks of features; concatenation lays variables
-side by side. Variables reaching the network's output are fixed, as are
-inputs. Whatever the walk cannot place raises `SpecInferenceError` naming the
-node, so that the user can write the spec by hand.
+Every parameter axis gets a unit variable (`units.UnitVars`); the walker hands each node to the
+rule of its op family (`rules.py`), which joins the variables that must move together and marks
+the axes a layer produces. Network inputs and outputs are fixed. At the end each class of
+variables that a layer produces and nothing fixed becomes a group, and where its units sit on each
+parameter axis becomes a `Layout` (`dims.positions`). Whatever no rule follows raises
+`SpecInferenceError` naming the node and its op (or, with `unknown="fix"`, is left fixed).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+import hashlib
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
+from . import rules as _rules
+from .dims import Axis, Cat, axis_size, fixed, plain, positions, variables
 from .errors import SpecInferenceError
-from .spec import PLAIN, Layout, PermutationSpec
+from .spec import Layout, PermutationSpec
+from .units import FIXED, UnitVars
 
-_HOW_TO = ("write the spec by hand as plain data: mf.PermutationSpec(groups={'name': [('layer.weight', 0), "
-           "...]}) and pass it as spec= (see modefuse/spec.py)")
+HOW_TO = ("teach modefuse the op with mf.register_rule, or write the spec by hand as plain data: "
+          "mf.PermutationSpec(groups={'name': [('layer.weight', 0), ...]}) and pass it as spec= "
+          "(see modefuse/spec.py)")
 
-
-@dataclass(frozen=True)
-class Seg:
-    """A unit variable laid out on an activation axis."""
-
-    var: int
-    layout: Layout = PLAIN
-
-
-@dataclass(frozen=True)
-class Units:
-    """The unit axis of an activation tensor and the segments on it."""
-
-    axis: int
-    segs: tuple[Seg, ...]
+_VIEWS = {torch.ops.aten.t, torch.ops.aten.transpose, torch.ops.aten.permute, torch.ops.aten.view,
+          torch.ops.aten.reshape, torch.ops.aten.alias, torch.ops.aten.to, torch.ops.aten._to_copy,
+          torch.ops.aten.unsqueeze, torch.ops.aten.expand, torch.ops.aten.contiguous, torch.ops.aten.detach}
+_ZEROS = {torch.ops.aten.zeros, torch.ops.aten.new_zeros, torch.ops.aten.zeros_like}
 
 
-@dataclass(frozen=True)
-class LayerStack:
-    """A recurrent layer's final states (layers, N, H): one variable per row of axis 0."""
+class Act(NamedTuple):
+    """A tensor's axes (what each holds)."""
 
-    vars: tuple[int, ...]
-
-
-FIXED = 0
-
-_PASS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Hardtanh,
-                 nn.ReLU6, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                 nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax, nn.MaxPool1d, nn.MaxPool2d,
-                 nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                 nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d)
-_PASS_FUNCS = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "dropout", "dropout2d", "leaky_relu", "elu",
-               "softplus", "abs", "neg", "exp", "clamp", "clamp_", "contiguous", "clone", "float", "double",
-               "half", "to", "detach", "softmax", "log_softmax", "hardtanh", "relu6", "mish", "hardswish",
-               "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d",
-               "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "pad", "sqrt", "square", "pow",
-               "type_as", "cpu", "cuda", "requires_grad_"}
-_BINARY = {"add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "add_", "mul_", "sub_",
-           "maximum", "minimum", "where"}
-_RESHAPE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
-_REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "prod", "std", "var", "norm"}
-_NON_TENSOR = {"size", "dim", "numel", "getattr", "len", "shape"}
-_GATES = {nn.RNN: 1, nn.LSTM: 4, nn.GRU: 3}
+    axes: tuple
 
 
-def _name(node: fx.Node) -> str:
-    t = node.target
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+class Stack(NamedTuple):
+    """Tensors stacked on axis `dim` that may hold different units (a recurrent layer's states)."""
+
+    items: tuple
+    dim: int
 
 
-def _shape(node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+class _Refused(Exception):
+    pass
 
 
-class _Walker:
-    def __init__(self, model: nn.Module, gm: fx.GraphModule):
-        self.model, self.gm = model, gm
-        self.parent = [FIXED]
-        self.size = [0]
-        self.creator = [""]
-        self.entries: list[tuple[int, str, int, Layout]] = []  # (var, key, axis, layout)
-        self.state_keys = set(model.state_dict())
+class Trace:
+    """A model's exported program and the maps between its graph and the model's state_dict."""
+
+    def __init__(self, model: nn.Module, args: tuple, kwargs: dict):
+        self.args, self.kwargs = args, kwargs
+        self.type = type(model)
+        self.programs: dict[int, torch.export.ExportedProgram] = {}
+        self.program = self._export(model, args, kwargs)
+        self.programs[_batch_of(args, kwargs)] = self.program
+
+    @staticmethod
+    def _export(model, args, kwargs):
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return torch.export.export(model, args, kwargs, strict=False)
+        except Exception as e:  # export raises many kinds: data-dependent control flow, unsupported ops
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise SpecInferenceError(f"torch.export cannot trace {type(model).__name__}: {type(e).__name__}: "
+                                     f"{msg}; {HOW_TO}") from None
+        finally:
+            model.train(was)
+
+    def at_batch(self, model: nn.Module, batch: int) -> torch.export.ExportedProgram:
+        """The program exported at another batch size (shapes are concrete in an exported graph)."""
+        if batch not in self.programs:
+            args = tuple(_resize(a, batch) for a in self.args)
+            kwargs = {k: _resize(v, batch) for k, v in self.kwargs.items()}
+            self.programs[batch] = self._export(model, args, kwargs)
+        return self.programs[batch]
+
+    def tap(self, model: nn.Module, node_names: list[str], batch: int):
+        """A function x -> outputs of `node_names` on `model`'s own weights (same architecture)."""
+        ep = self.at_batch(model, batch)
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        wanted = set(node_names)
+        for node in ep.graph.nodes:
+            if node.op == "output":
+                break
+            env[node] = g.node_copy(node, lambda n: env[n])
+        found = {n.name: env[n] for n in ep.graph.nodes if n.name in wanted}
+        missing = [n for n in node_names if n not in found]
+        if missing:
+            raise SpecInferenceError(f"node {missing[0]!r} is not in the graph of {self.type.__name__} at batch "
+                                     f"size {batch}; pass data in batches of the traced size")
+        g.output(tuple(found[n] for n in node_names))
+        g.eliminate_dead_code()
+        gm = fx.GraphModule({}, g)
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        fixed_args = []
+        user = []
+        for spec in ep.graph_signature.input_specs:
+            kind = spec.kind.name
+            if kind in ("PARAMETER", "BUFFER"):
+                fixed_args.append(tensors[spec.target])
+            elif kind == "CONSTANT_TENSOR":
+                fixed_args.append(ep.constants[spec.target])
+            elif kind == "USER_INPUT":
+                fixed_args.append(None)
+                user.append(len(fixed_args) - 1)
+            else:
+                raise SpecInferenceError(f"cannot tap a graph with a {kind} input")
+
+        def run(x):
+            args = list(fixed_args)
+            for i, v in zip(user, x if isinstance(x, tuple) else (x,)):
+                args[i] = v
+            return gm(*args)
+
+        return run
+
+
+    def layers(self) -> list[tuple[str, str | None, str, int, int]]:
+        """The linear and convolution layers of the graph: (weight key, bias key or None, node name,
+        the output's unit axis, the weight's output axis)."""
+        params = self.program.graph_signature.inputs_to_parameters
+        out = []
+        for node in self.program.graph.nodes:
+            kind = _layer_kind(node)
+            if kind is None:
+                continue
+            w_arg, b_arg = (node.args[2], node.args[0]) if kind == "addmm" else (node.args[1], _opt(node, 2))
+            key = params.get(getattr(w_arg, "name", None))
+            if key is None:
+                continue
+            bias = params.get(getattr(b_arg, "name", None))
+            out.append((key, bias, node.name, 1 if kind == "conv" else -1, 1 if kind == "addmm" else 0))
+        return out
+
+    def layer_inputs(self) -> list[tuple[str, str, int]]:
+        """(weight key, input node name, the input's unit axis) of every linear and convolution layer."""
+        params = self.program.graph_signature.inputs_to_parameters
+        out = []
+        for node in self.program.graph.nodes:
+            kind = _layer_kind(node)
+            if kind in ("linear", "conv") and node.args[1].name in params:
+                out.append((params[node.args[1].name], node.args[0].name, 1 if kind == "conv" else -1))
+        return out
+
+
+def _layer_kind(node) -> str | None:
+    packet = getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
+    if packet is torch.ops.aten.linear:
+        return "linear"
+    if packet in (torch.ops.aten.conv1d, torch.ops.aten.conv2d, torch.ops.aten.conv3d):
+        return "conv"
+    if packet is torch.ops.aten.convolution and not node.args[6]:
+        return "conv"
+    if packet is torch.ops.aten.addmm:
+        return "addmm"
+    return None
+
+
+def _opt(node, i):
+    return node.args[i] if len(node.args) > i else node.kwargs.get("bias")
+
+
+def _batch_of(args, kwargs) -> int:
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.dim():
+            return a.shape[0]
+    return 0
+
+
+def _resize(a, batch):
+    if not isinstance(a, torch.Tensor) or not a.dim():
+        return a
+    reps = -(-batch // a.shape[0])
+    return a.repeat(reps, *([1] * (a.dim() - 1)))[:batch]
+
+
+class Walker:
+    """Walks an exported graph, handing each node to its rule; the state rules read and join."""
+
+    def __init__(self, trace: Trace, state_keys, unknown: str = "error"):
+        self.trace, self.unknown = trace, unknown
+        self.uv = UnitVars()
         self.info: dict[fx.Node, Any] = {}
-        self.contracted: set[tuple[str, int]] = set()
-        self.unit_nodes: dict[int, list[tuple[fx.Node, int]]] = {}  # var -> nodes carrying it plainly
+        self.params: dict[str, list[int | None]] = {}  # state key -> its variable per axis
+        self.param_nodes: dict[fx.Node, str] = {}
+        self.contracted: set[int] = set()
+        self.carriers: list[tuple[str, int, int]] = []  # (node name, axis, var): an axis holding one variable
+        self.state_keys = state_keys
+        sig = trace.program.graph_signature
+        self.targets = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
 
-    # ------------------------------------------------------------ union-find over unit variables
-    def new_var(self, size: int, creator: str) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.creator.append(creator)
-        return len(self.parent) - 1
+    # ------------------------------------------------------------ what rules call
+    def meta(self, node):
+        return node.meta.get("val") if isinstance(node, fx.Node) else None
 
-    def find(self, v: int) -> int:
-        while self.parent[v] != v:
-            self.parent[v] = self.parent[self.parent[v]]
-            v = self.parent[v]
-        return v
+    def shape(self, arg) -> tuple[int, ...] | None:
+        v = self.meta(arg)
+        return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
 
-    def union(self, a: int, b: int, node: fx.Node) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
+    def out_shape(self, node):
+        v = self.meta(node)
+        if isinstance(v, torch.Tensor):
+            return tuple(int(s) for s in v.shape)
+        if isinstance(v, (list, tuple)):
+            return [tuple(int(s) for s in x.shape) if isinstance(x, torch.Tensor) else () for x in v]
+        return None
+
+    def is_tensor(self, arg) -> bool:
+        return isinstance(self.meta(arg), torch.Tensor)
+
+    def act(self, axes) -> Act:
+        return Act(tuple(axes))
+
+    def stack(self, items, dim) -> Stack:
+        return Stack(tuple(items), dim)
+
+    def is_stack(self, info, dim) -> bool:
+        return isinstance(info, Stack) and info.dim == dim
+
+    def axes(self, arg) -> tuple[Axis, ...]:
+        info = self.info.get(arg) if isinstance(arg, fx.Node) else None
+        if isinstance(info, Act):
+            return info.axes
+        if isinstance(info, Stack):  # used whole: the stacked tensors must share their units
+            first = info.items[0].axes
+            for item in info.items[1:]:
+                for a, b in zip(first, item.axes):
+                    self.unify(a, b, arg)
+            out = list(first)
+            out.insert(info.dim, plain(len(info.items)))
+            return tuple(out)
+        shape = self.shape(arg)
+        return tuple(plain(s) for s in shape) if shape is not None else ()
+
+    def unify(self, a: Axis, b: Axis, node) -> None:
+        from .dims import unify
+        if not unify(self.uv, a, b):
+            self.fail(node, f"joins an axis of {axis_size(a)} units with one of {axis_size(b)}")
+
+    def origin(self, arg) -> str | None:
+        """The state key of the parameter `arg` is (or is a view of)."""
+        while isinstance(arg, fx.Node):
+            if arg in self.param_nodes:
+                return self.param_nodes[arg]
+            if arg.op != "call_function" or getattr(arg.target, "overloadpacket", None) not in _VIEWS:
+                return None
+            arg = arg.args[0]
+        return None
+
+    def is_param(self, arg) -> bool:
+        return self.origin(arg) is not None
+
+    def param_key(self, arg) -> str:
+        key = self.origin(arg)
+        if key is None:
+            self.fail(arg, "expected a parameter here")
+        return key
+
+    def produces(self, arg, k: int) -> None:
+        """Axis `k` of parameter `arg` holds the units its layer produces (a group, unless fixed)."""
+        key = self.origin(arg)
+        name = key.rsplit(".", 1)[0] if key and "." in key else (key or arg.name)
+        for v in variables(self.axes(arg)[k]):
+            if not self.uv.marked[v]:
+                self.uv.mark(v, name)
+
+    def contracts(self, arg, k: int) -> None:
+        """Axis `k` of parameter `arg` is a layer's input axis (fusion scales it by the source width)."""
+        self.contracted.update(variables(self.axes(arg)[k]))
+
+    def initial_state(self, state, hidden, node) -> None:
+        """A recurrent layer's initial state: zeros are invariant; units of a state carried in join
+        the layers'; any other constant pins them."""
+        if state is None:
             return
-        if FIXED not in (ra, rb) and self.size[ra] != self.size[rb]:
-            self.fail(node, f"joins {self.size[ra]} units with {self.size[rb]} units")
-        lo, hi = sorted((ra, rb))  # FIXED (0) absorbs; otherwise the earliest variable names the group
-        self.parent[hi] = lo
+        info = self.info.get(state)
+        if isinstance(info, Stack) and len(info.items) == len(hidden):
+            for item, h in zip(info.items, hidden):
+                self.unify(item.axes[-1], h, node)
+            return
+        if isinstance(state, fx.Node) and getattr(state.target, "overloadpacket", None) in _ZEROS:
+            return
+        axes = self.axes(state)
+        for h in hidden:
+            self.unify(axes[-1], h, node)
 
-    def fix(self, u) -> None:
-        for s in self._segs(u):
-            self.union(s.var, FIXED, None)
-
-    def _segs(self, u):
-        if isinstance(u, Units):
-            return list(u.segs)
-        if isinstance(u, LayerStack):
-            return [Seg(v) for v in u.vars]
-        if isinstance(u, (tuple, list)):
-            return [s for x in u for s in self._segs(x)]
-        return []
+    def refuse(self, node, why: str):
+        raise _Refused(why)
 
     def fail(self, node, why: str):
-        where = f"node {node.name!r} ({node.op} {_name(node)})" if node is not None else "the graph"
-        raise SpecInferenceError(f"cannot infer the permutation spec at {where}: {why}; {_HOW_TO}")
-
-    def add(self, var: int, key: str, axis: int, layout: Layout = PLAIN) -> None:
-        if key in self.state_keys:
-            self.entries.append((var, key, axis, layout))
-
-    def add_segs(self, units: Units | None, key: str, axis: int) -> None:
-        """Entries where `units` are contracted: the input axis of a layer."""
-        if units is not None and key in self.state_keys:
-            self.contracted.add((key, axis))
-            for s in units.segs:
-                self.add(s.var, key, axis, s.layout)
+        where = f"node {node.name!r} ({_op_name(node)})" if isinstance(node, fx.Node) else "the graph"
+        raise SpecInferenceError(f"cannot infer the permutation spec at {where}: {why}; {HOW_TO}")
 
     # ------------------------------------------------------------ the walk
     def run(self) -> None:
-        for node in self.gm.graph.nodes:
+        for node in self.trace.program.graph.nodes:
             out = getattr(self, "op_" + node.op)(node)
             self.info[node] = out
-            if isinstance(out, Units) and len(out.segs) == 1 and out.segs[0].layout == PLAIN:
-                self.unit_nodes.setdefault(out.segs[0].var, []).append((node, out.axis))
-
-    def arg_units(self, node) -> list[Units]:
-        infos = [self.info.get(a) for a in node.all_input_nodes]
-        if any(isinstance(u, (LayerStack, tuple)) for u in infos) and _name(node) not in ("getitem", "output"):
-            self.fail(node, "uses a recurrent module's outputs in a way modefuse cannot follow")
-        return [u for u in infos if isinstance(u, Units)]
+            if isinstance(out, Act) and node.op == "call_function" and self.origin(node) is None:
+                for d, ax in enumerate(out.axes):
+                    if len(ax) == 1 and not isinstance(ax[0], Cat) and ax[0].var is not None:
+                        self.carriers.append((node.name, d, ax[0].var))
 
     def op_placeholder(self, node):
-        return None
+        key = self.targets.get(node.name)
+        shape = self.shape(node)
+        if key is None or shape is None or not self.meta(node).is_floating_point():
+            return Act(tuple(plain(s) for s in shape)) if shape is not None else None
+        vars_ = [self.uv.new(s) if s > 1 else None for s in shape]
+        self.params[key] = vars_
+        self.param_nodes[node] = key
+        return Act(tuple(plain(s, v) for s, v in zip(shape, vars_)))
 
     def op_get_attr(self, node):
         return None
 
     def op_output(self, node):
-        self.fix([self.info.get(a) for a in node.all_input_nodes])
+        for a in node.all_input_nodes:
+            for ax in self.axes(a):
+                fixed(self.uv, ax)
         return None
 
-    def op_call_module(self, node):
-        mod = self.gm.get_submodule(node.target)
-        inp = self.info.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-        t = node.target
-        if inp is not None and not isinstance(inp, Units):
-            self.fail(node, "takes a recurrent module's raw output tuple or stacked states")
-        if isinstance(mod, _PASS_MODULES):
-            return inp
-        if isinstance(mod, nn.Linear):
-            if inp is not None and inp.axis != len(_shape(node.args[0])) - 1:
-                self.fail(node, "a Linear's input features are not on the last axis")
-            return self.layer(node, t, mod.out_features, inp, out_axis=len(_shape(node)) - 1)
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            if inp is not None and inp.axis != 1:
-                self.fail(node, "a convolution's input channels are not on axis 1")
-            if mod.groups != 1:
-                if mod.groups == mod.in_channels == mod.out_channels and inp is not None:  # depthwise
-                    for s in inp.segs:
-                        self.add(s.var, f"{t}.weight", 0, s.layout)
-                        self.add(s.var, f"{t}.bias", 0, s.layout)
-                    return inp
-                self.fail(node, f"grouped convolution (groups={mod.groups}) is not supported")
-            return self.layer(node, t, mod.out_channels, inp, out_axis=1)
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            return self.channelwise(node, t, inp, ("weight", "bias", "running_mean", "running_var"))
-        if isinstance(mod, nn.GroupNorm):
-            if mod.num_groups not in (1, mod.num_channels):
-                self.fail(node, f"GroupNorm with {mod.num_groups} groups mixes units within a group")
-            return self.channelwise(node, t, inp, ("weight", "bias"))
-        if isinstance(mod, nn.LayerNorm):
-            if inp is not None:
-                nd = len(_shape(node.args[0]))
-                first = nd - len(mod.normalized_shape)
-                if inp.axis >= first:
-                    for s in inp.segs:
-                        self.add(s.var, f"{t}.weight", inp.axis - first, s.layout)
-                        self.add(s.var, f"{t}.bias", inp.axis - first, s.layout)
-            return inp
-        if isinstance(mod, nn.PReLU):
-            if mod.num_parameters > 1:
-                return self.channelwise(node, t, inp, ("weight",))
-            return inp
-        if isinstance(mod, nn.Flatten):
-            return self.reshape(node, inp)
-        if isinstance(mod, nn.Embedding):
-            v = self.new_var(mod.embedding_dim, t)
-            self.add(v, f"{t}.weight", 1)
-            return Units(len(_shape(node)) - 1, (Seg(v),))
-        if type(mod) in _GATES:
-            return self.recurrent(node, t, mod, inp)
-        if inp is None and not self.arg_units(node):
-            return None
-        self.fail(node, f"module type {type(mod).__name__} is not known to modefuse")
-
-    def layer(self, node, t, out_size, inp, out_axis):
-        v = self.new_var(out_size, t)
-        self.add(v, f"{t}.weight", 0)
-        self.add(v, f"{t}.bias", 0)
-        self.add_segs(inp, f"{t}.weight", 1)
-        return Units(out_axis, (Seg(v),))
-
-    def channelwise(self, node, t, inp, names):
-        if inp is not None:
-            if inp.axis != 1 and not (len(_shape(node)) == 2 and inp.axis == 1):
-                self.fail(node, "a normalization's channels are not on axis 1")
-            for s in inp.segs:
-                for n in names:
-                    self.add(s.var, f"{t}.{n}", 0, s.layout)
-        return inp
-
-    def recurrent(self, node, t, mod, inp):
-        if mod.bidirectional or getattr(mod, "proj_size", 0):
-            self.fail(node, "bidirectional or projected recurrent layers are not supported")
-        gates, h = _GATES[type(mod)], mod.hidden_size
-        prev = inp
-        gate_layout = Layout(tiles=gates, stride=h)
-        layer_vars: list[int] = []
-        for layer in range(mod.num_layers):
-            v = self.new_var(h, t if mod.num_layers == 1 else f"{t}.l{layer}")
-            for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                self.add(v, f"{t}.{w}_l{layer}", 0, gate_layout)
-            self.add_segs(Units(2, (Seg(v),)), f"{t}.weight_hh_l{layer}", 1)
-            self.add_segs(prev, f"{t}.weight_ih_l{layer}", 1)
-            prev = Units(2, (Seg(v),))
-            layer_vars.append(v)
-        hidden = prev if mod.num_layers == 1 else LayerStack(tuple(layer_vars))
-        return (prev, (hidden, hidden) if isinstance(mod, nn.LSTM) else hidden)
-
-    def op_call_method(self, node):
-        return self.function(node, node.target)
-
     def op_call_function(self, node):
-        return self.function(node, _name(node))
-
-    def function(self, node, name):
-        name = name.lstrip("_") if name not in ("__getitem__",) else "getitem"
-        args = node.args
-        first = self.info.get(args[0]) if args and isinstance(args[0], fx.Node) else None
-        if name == "getitem":
-            return self.getitem(node, first, args[1])
-        if name in _NON_TENSOR or _shape(node) is None and not isinstance(node.meta.get("tensor_meta"), tuple):
-            return None
-        if name in _PASS_FUNCS:
-            return first
-        if name in _BINARY:
-            return self.binary(node)
-        if name in _RESHAPE:
-            return self.reshape(node, first)
-        if name in ("permute", "transpose", "movedim", "swapaxes", "t"):
-            return self.move(node, first, name)
-        if name in _REDUCE:
-            return self.reduce(node, first)
-        if name in ("expand", "expand_as", "broadcast_to", "repeat"):
-            return self.expand(node, first)
-        if name in ("cat", "concat", "concatenate"):
-            return self.cat(node)
-        if name == "stack":
-            return self.stack(node)
-        if not self.arg_units(node):
-            return None
-        self.fail(node, f"operation {name!r} on hidden units is not known to modefuse")
-
-    def getitem(self, node, src, index):
-        if isinstance(src, tuple):
-            return src[index]
-        if isinstance(src, LayerStack):
-            if isinstance(index, int):
-                return Units(1, (Seg(src.vars[index]),))
-            self.fail(node, "indexes the final states of a multi-layer recurrent module other than by layer")
-        if src is None:
-            return None
-        if not isinstance(src, Units):
-            self.fail(node, "indexes an output modefuse cannot follow")
-        index = index if isinstance(index, tuple) else (index,)
-        nd_in = len(_shape(node.args[0]))
-        if Ellipsis in index:
-            i = index.index(Ellipsis)
-            index = index[:i] + (slice(None),) * (nd_in - len(index) + 1) + index[i + 1:]
-        in_dim, out_dim, new_axis = 0, 0, None
-        for ix in index:
-            if ix is None:
-                out_dim += 1
-                continue
-            if in_dim == src.axis:
-                if not (isinstance(ix, slice) and ix == slice(None)):
-                    self.fail(node, "indexes into the hidden-unit axis")
-                new_axis = out_dim
-            if isinstance(ix, int):
-                in_dim += 1
-            elif isinstance(ix, slice):
-                in_dim, out_dim = in_dim + 1, out_dim + 1
-            else:
-                self.fail(node, "advanced indexing of a tensor with hidden units")
-        if new_axis is None:
-            new_axis = out_dim + (src.axis - in_dim)
-        return Units(new_axis, src.segs)
-
-    def binary(self, node):
-        out_nd = len(_shape(node))
-        units = []
-        for a in node.all_input_nodes:
-            u, shp = self.info.get(a), _shape(a)
-            if isinstance(u, Units):
-                units.append((u, out_nd - (len(shp) - u.axis)))
-        if not units:
-            return None
-        first, axis = units[0]
-        for u, ax in units[1:]:
-            if ax != axis or len(u.segs) != len(first.segs) or any(
-                    s.layout != f.layout for s, f in zip(u.segs, first.segs)):
-                self.fail(node, "combines tensors whose hidden units are laid out differently")
-            for s, f in zip(u.segs, first.segs):
-                self.union(s.var, f.var, node)
-        for a in node.all_input_nodes:  # a tensor without units but spread over the unit axis pins them
-            shp = _shape(a)
-            if self.info.get(a) is None and shp is not None:
-                pos = axis - (out_nd - len(shp))
-                if 0 <= pos < len(shp) and shp[pos] > 1:
-                    if a.op == "get_attr" and len(first.segs) == 1:
-                        self.add(first.segs[0].var, a.target, pos, first.segs[0].layout)
-                    else:
-                        self.fix(first)
-        return Units(axis, first.segs)
-
-    def reshape(self, node, src):
-        if src is None:
-            return None
-        a_shape, b_shape = _shape(node.all_input_nodes[0]), _shape(node)
-        axis = src.axis
-        # find the runs of input dims and output dims with equal products, around the unit axis
-        i = j = 0
-        pi = pj = 1
-        start_i = start_j = 0
-        while i < len(a_shape) or j < len(b_shape):
-            if pi == pj and (i > start_i or j > start_j):
-                if start_i <= axis < i:
-                    break
-                start_i, start_j, pi, pj = i, j, 1, 1
-                continue
-            if (pi <= pj and i < len(a_shape)) or j >= len(b_shape):
-                pi *= a_shape[i]
-                i += 1
-            else:
-                pj *= b_shape[j]
-                j += 1
-        in_run, out_run = a_shape[start_i:i], b_shape[start_j:j]
-        if not start_i <= axis < i:
-            self.fail(node, "reshape modefuse cannot follow")
-        kept = [d for d, n in enumerate(out_run) if n != 1]
-        if len([n for n in in_run if n != 1]) <= 1 and len(kept) <= 1:  # only size-1 dims change
-            return Units(start_j + (kept[0] if kept else 0), src.segs)
-        if len(out_run) != 1:
-            self.fail(node, "splits the hidden-unit axis")
-        pre = math.prod(in_run[: axis - start_i])
-        post = math.prod(in_run[axis - start_i + 1:])
-        size = a_shape[axis]
-        segs = []
-        for s in src.segs:
-            lay = s.layout
-            if pre > 1 and lay.tiles > 1:
-                self.fail(node, "flattens tiled hidden units")
-            if pre > 1:
-                lay = Layout(lay.offset * post, lay.block * post, pre, size * post)
-            else:
-                stride = (lay.stride or 0) * post
-                lay = Layout(lay.offset * post, lay.block * post, lay.tiles, stride)
-            segs.append(Seg(s.var, lay))
-        return Units(start_j, tuple(segs))
-
-    def move(self, node, src, name):
-        if src is None:
-            return None
-        nd = len(_shape(node))
-        dims = [d for d in node.args[1:] if not isinstance(d, fx.Node)]
-        if name == "permute":
-            order = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else list(dims)
-            order = [d % nd for d in order]
-            return Units(order.index(src.axis), src.segs)
-        if name == "t":
-            return Units(nd - 1 - src.axis, src.segs)
-        a, b = (dims + [node.kwargs.get("dim0"), node.kwargs.get("dim1")])[:2]
-        a, b = a % nd, b % nd
-        if name == "movedim":
-            order = list(range(nd))
-            order.insert(b, order.pop(a))
-            return Units(order.index(src.axis), src.segs)
-        return Units(b if src.axis == a else a if src.axis == b else src.axis, src.segs)
-
-    def expand(self, node, src):
-        """Broadcasting to a larger shape: new leading dims; the unit axis itself must not grow."""
-        if src is None:
-            return None
-        a_shape, b_shape = _shape(node.all_input_nodes[0]), _shape(node)
-        axis = src.axis + len(b_shape) - len(a_shape)
-        if b_shape[axis] != a_shape[src.axis]:
-            self.fail(node, "repeats the hidden-unit axis")
-        return Units(axis, src.segs)
-
-    def reduce(self, node, src):
-        if src is None:
-            return None
-        nd = len(_shape(node.args[0]))
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        if dim is None or isinstance(dim, fx.Node):
-            return None  # a full reduction: invariant to any permutation
-        dims = {d % nd for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
-        if src.axis in dims:
-            return None
-        return Units(src.axis if keep else src.axis - sum(d < src.axis for d in dims), src.segs)
-
-    def cat(self, node):
-        tensors = node.args[0]
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        infos = [self.info.get(t) for t in tensors]
-        if not any(isinstance(u, Units) for u in infos):
-            return None
-        nd = len(_shape(node))
-        dim %= nd
-        axes = {u.axis for u in infos if isinstance(u, Units)}
-        if axes != {dim}:  # concatenated along another axis: the pieces share their units
-            return self.binary(node)
-        segs, offset = [], 0
-        for t, u in zip(tensors, infos):
-            if isinstance(u, Units):
-                segs += [Seg(s.var, s.layout._replace(offset=s.layout.offset + offset)) for s in u.segs]
-            offset += _shape(t)[dim]
-        return Units(dim, tuple(segs))
-
-    def stack(self, node):
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        infos = [self.info.get(t) for t in node.args[0]]
-        units = [x for x in infos if isinstance(x, Units)]
-        if not units:
-            return None
-        first = units[0]
-        for x in units[1:]:
-            for s, f in zip(x.segs, first.segs):
-                self.union(s.var, f.var, node)
-        dim %= len(_shape(node))
-        return Units(first.axis + (dim <= first.axis), first.segs)
-
-
-def trace(model: nn.Module, example_input, leaf_modules: tuple[type, ...] = ()) -> fx.GraphModule:
-    """Trace `model` with fx and record each node's output shape on `example_input`."""
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m, qualname):
-            return isinstance(m, leaf_modules) or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = Tracer().trace(model)
-    except Exception as e:  # fx raises many kinds: control flow on tensors, unsupported builtins
-        raise SpecInferenceError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}. Mark the offending submodule as "
-                                 f"a leaf (leaf_modules=) if modefuse knows its type, or {_HOW_TO}") from None
-    gm = fx.GraphModule(model, graph)
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    with torch.no_grad():
-        was = model.training
-        gm.eval()
+        rule = _rules.rule_for(node.target)
+        inputs = node.all_input_nodes
+        carries = any(variables(ax) for a in inputs for ax in self._peek(a))
+        if rule is None or not carries and rule is not _rules.getitem:
+            if carries:
+                if self.unknown == "fix":
+                    return self._give_up(node)
+                self.fail(node, f"operation {_op_name(node)} on hidden units is not known to modefuse")
+            return self._plain(node)
         try:
-            ShapeProp(gm).propagate(*inputs)
-        finally:
-            model.train(was)
-    return gm
+            return rule(self, node)
+        except _Refused as why:
+            if self.unknown == "fix":
+                return self._give_up(node)
+            self.fail(node, str(why))
+
+    def _peek(self, arg):
+        info = self.info.get(arg)
+        if isinstance(info, Act):
+            return info.axes
+        if isinstance(info, Stack):
+            return [ax for item in info.items for ax in item.axes]
+        if isinstance(info, (tuple, list)):
+            return [ax for x in info if isinstance(x, Act) for ax in x.axes]
+        return ()
+
+    def _plain(self, node):
+        shape = self.out_shape(node)
+        if isinstance(shape, tuple):
+            return Act(tuple(plain(s) for s in shape))
+        if isinstance(shape, list):
+            return tuple(Act(tuple(plain(s) for s in sh)) for sh in shape)
+        return None
+
+    def _give_up(self, node):
+        """`unknown="fix"`: the units reaching this node stay where they are."""
+        for a in node.all_input_nodes:
+            for ax in self._peek(a):
+                fixed(self.uv, ax)
+        return self._plain(node)
 
 
-def infer_spec(model: nn.Module, example_input, leaf_modules: tuple[type, ...] = ()) -> PermutationSpec:
-    """The permutation spec of `model`, inferred from its fx graph run on `example_input`."""
-    gm = trace(model, example_input, leaf_modules)
-    w = _Walker(model, gm)
-    w.run()
+def _op_name(node) -> str:
+    t = node.target
+    return str(t) if not hasattr(t, "__name__") else (str(t) if "aten" in str(t) else t.__name__)
+
+
+# ---------------------------------------------------------------- from classes of variables to a spec
+def _resolve(w: Walker, aliases: dict[str, list[str]]) -> PermutationSpec:
+    uv = w.uv
+    classes = uv.classes()
+    marked = {r for r, (_, m) in classes.items() if m and r != FIXED}
+    names = {r: n for r, (n, _) in classes.items()}
+    changed = True
+    while changed:  # the parts of a produced class are produced too, and named after it
+        changed = False
+        for r, f in list(uv.refined.items()):
+            if uv.find(r) != r:
+                continue
+            for i, p in enumerate(f.parts):
+                q = uv.find(p)
+                if q == FIXED:
+                    continue
+                if r in marked and q not in marked:
+                    marked.add(q)
+                    changed = True
+                if names.get(q) is None and names.get(r) is not None:
+                    names[q] = f"{names[r]}.{'f' if f.kind == 'kron' else 's'}{i}"
+                    changed = True
+    bad: set[int] = set()
+    where: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    for key, vars_ in w.params.items():
+        if key not in w.state_keys and not aliases.get(key):
+            continue
+        for a, v in enumerate(vars_):
+            if v is None:
+                continue
+            _, labels = positions(uv, plain(uv.size[v], v), bad)
+            labels = {r: lab for r, lab in labels.items() if r in marked}
+            if labels:
+                where[(key, a)] = labels
+    layouts_of: dict[tuple[int, str, int], Layout] = {}
+    for (key, a), labels in where.items():
+        for r, lab in labels.items():
+            lay = _fit(lab, uv.size[r])
+            if lay is None:
+                bad.add(r)
+            else:
+                layouts_of[(r, key, a)] = lay
     groups: dict[str, list[tuple[str, int]]] = {}
     layouts: dict[tuple[str, str, int], Layout] = {}
     sizes: dict[str, int] = {}
-    for var, key, axis, layout in w.entries:
-        root = w.find(var)
-        if root == FIXED:
+    contracted: set[tuple[str, int]] = set()
+    group_of: dict[int, str] = {}
+    for (r, key, a), lay in layouts_of.items():
+        if r in bad:
             continue
-        g = w.creator[root]
-        if (key, axis) not in groups.setdefault(g, []):
-            groups[g].append((key, axis))
-        sizes[g] = w.size[root]
-        if layout != PLAIN:
-            layouts[(g, key, axis)] = layout
+        if r not in group_of:
+            base = names.get(r) or f"units{r}"
+            name, k = base, 2
+            while name in sizes:
+                name, k = f"{base}#{k}", k + 1
+            group_of[r] = name
+            sizes[name] = uv.size[r]
+        g = group_of[r]
+        for k in [key] + aliases.get(key, []):
+            if k not in w.state_keys:
+                continue
+            groups.setdefault(g, []).append((k, a))
+            if lay != Layout():
+                layouts[(g, k, a)] = lay
+            if w.params[key][a] in w.contracted:
+                contracted.add((k, a))
     unit_nodes: dict[str, list[tuple[str, int]]] = {}
-    for v, nodes in w.unit_nodes.items():
-        if w.find(v) != FIXED:
-            unit_nodes.setdefault(w.creator[w.find(v)], []).extend((n.name, ax) for n, ax in nodes)
-    spec = PermutationSpec(groups, layouts, sizes, contracted=w.contracted, unit_nodes=unit_nodes)
-    spec.graph_module = gm
+    for node_name, d, v in w.carriers:
+        r = uv.find(v)
+        if r in group_of and r not in uv.refined:
+            unit_nodes.setdefault(group_of[r], []).append((node_name, d))
+    groups = {g: axes for g, axes in groups.items() if axes}
+    return PermutationSpec(groups, layouts, {g: sizes[g] for g in groups}, contracted=contracted,
+                           unit_nodes=unit_nodes)
+
+
+def _fit(lab: np.ndarray, n: int) -> Layout | None:
+    """The Layout putting unit c at the positions where `lab` is c, or None if none does."""
+    pos = [np.flatnonzero(lab == c) for c in range(n)]
+    if any(len(p) != len(pos[0]) for p in pos) or not len(pos[0]):
+        return None
+    p0 = pos[0]
+    block = 1
+    while block < len(p0) and p0[block] == p0[0] + block:
+        block += 1
+    tiles = len(p0) // block
+    stride = int(p0[block] - p0[0]) if tiles > 1 else 0
+    lay = Layout(int(p0[0]), block, tiles, 0 if stride == n * block else stride)
+    if tiles * block != len(p0) or not np.array_equal(lay.positions(n).numpy(), np.stack(pos)):
+        return None
+    return lay
+
+
+def _aliases(model: nn.Module, keys) -> dict[str, list[str]]:
+    """Other state_dict names of the same tensor (tied weights: GPT-2's lm_head and wte)."""
+    by_id: dict[int, list[str]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)):
+        by_id.setdefault(id(t), []).append(name)
+    out = {}
+    for names in by_id.values():
+        for n in names:
+            out[n] = [m for m in names if m != n]
+    return out
+
+
+_CACHE: "OrderedDict[str, tuple[PermutationSpec, Trace]]" = OrderedDict()
+
+
+def _cache_key(model, args, kwargs, unknown) -> str:
+    """Same class, same module tree and hyper-parameters, same tensor shapes, same input shapes."""
+    h = hashlib.sha1()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|{unknown}".encode())
+    for k, t in model.state_dict().items():
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+    for a in list(args) + sorted(kwargs.items()):
+        a = a[1] if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str) else a
+        h.update(f"{tuple(a.shape)}:{a.dtype};".encode() if isinstance(a, torch.Tensor) else repr(a).encode())
+    return h.hexdigest()
+
+
+def trace_model(model: nn.Module, example_input) -> Trace:
+    args, kwargs = _as_args(example_input)
+    return Trace(model, args, kwargs)
+
+
+def _as_args(example_input) -> tuple[tuple, dict]:
+    if isinstance(example_input, dict):
+        return (), dict(example_input)
+    if isinstance(example_input, tuple):
+        return example_input, {}
+    return (example_input,), {}
+
+
+def infer_spec(model: nn.Module, example_input, unknown: str = "error") -> PermutationSpec:
+    """The permutation spec of `model`, inferred from its exported graph on `example_input`.
+
+    `example_input`: one batch (a tensor, a tuple of positional inputs, or a dict of keyword
+    inputs such as {"input_ids": ...}). `unknown="fix"` leaves the units reaching an op that no rule
+    follows where they are instead of raising. Specs are cached per architecture and input shape.
+    """
+    if unknown not in ("error", "fix"):
+        raise ValueError(f"unknown must be 'error' or 'fix', got {unknown!r}")
+    args, kwargs = _as_args(example_input)
+    key = _cache_key(model, args, kwargs, unknown)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        spec, trace = _CACHE[key]
+    else:
+        trace = Trace(model, args, kwargs)
+        state_keys = set(model.state_dict())
+        w = Walker(trace, state_keys, unknown)
+        w.run()
+        spec = _resolve(w, _aliases(model, state_keys))
+        _CACHE[key] = spec, trace
+        if len(_CACHE) > 32:
+            _CACHE.popitem(last=False)
+    spec = spec.copy()
+    spec.trace = trace
     return spec.check(model.state_dict())

@@ -112,35 +112,40 @@ class _MixedOutputs(nn.Module):
 
 @torch.no_grad()
 def _cache_first_layer(blend: Blender, endpoints, cached, max_bytes: int = 512 * 2**20) -> _MixedOutputs | None:
-    from .infer import trace
-    from .probe import tap
+    from .infer import Trace
     model = blend.module
     try:
-        gm = trace(model, cached[0][0][:2])
+        trace = Trace(model, (cached[0][0][:2],), {})
     except Exception:  # untraceable models are evaluated point by point
         return None
-    node = None
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            mod = gm.get_submodule(n.target)
-            if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                node = n
-                break
-            if any(True for _ in mod.parameters()):
-                return None  # a weighted layer of another kind comes first
-        elif n.op == "get_attr":
-            return None
-    if node is None or len(node.args) != 1:
+    layers = trace.layers()
+    if not layers or not isinstance(model.get_submodule(layers[0][0].rpartition(".")[0]),
+                                    (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return None
-    feed = tap(model, gm.graph, [node.args[0].name]).eval()
+    key, bias, node_name, _, _ = layers[0]
+    params = trace.program.graph_signature.inputs_to_parameters
+    for n in trace.program.graph.nodes:  # a weighted op before the first layer: no cache
+        if n.name == node_name:
+            break
+        if n.op == "call_function" and any(params.get(a.name) not in (None, key, bias) for a in n.all_input_nodes):
+            return None
+    node = next(n for n in trace.program.graph.nodes if n.name == node_name)
+    target = key.rpartition(".")[0]
+    feeds: dict[int, object] = {}
+
+    def feed(x):
+        if len(x) not in feeds:
+            feeds[len(x)] = trace.tap(model, [node.args[0].name], len(x))
+        return feeds[len(x)](x)
+
     outputs = []
     for x, _ in cached:
         inp = feed(x)[0]
-        outputs.append(torch.stack([e.get_submodule(node.target)(inp) for e in endpoints]))
+        outputs.append(torch.stack([e.get_submodule(target)(inp) for e in endpoints]))
         if sum(o.numel() * o.element_size() for o in outputs) > max_bytes:
             return None
     stand_in = _MixedOutputs(outputs)
-    parent, _, child = node.target.rpartition(".")
+    parent, _, child = target.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, stand_in)
     return stand_in
 

@@ -1,4 +1,4 @@
-"""Statistics of hidden units on data, read at named nodes of a model's fx graph.
+"""Statistics of hidden units on data, read at named nodes of a model's exported graph.
 
 Activation matching needs the cross-correlation of two models' units;
 covariance-weighted weight matching needs the second moment of each layer's
@@ -10,27 +10,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from .batching import batches
-
-
-def tap(model: nn.Module, graph: fx.Graph, node_names: list[str]) -> fx.GraphModule:
-    """A module computing the outputs of `node_names` of `graph` (traced from `model`'s architecture)."""
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    wanted = set(node_names)
-    for node in graph.nodes:
-        if node.op == "output":
-            break
-        env[node] = g.node_copy(node, lambda n: env[n])
-    by_name = {n.name: env[n] for n in graph.nodes if n.name in wanted}
-    g.output(tuple(by_name[n] for n in node_names))
-    gm = fx.GraphModule(model, g)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
 
 
 def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
@@ -62,29 +44,36 @@ class CrossMoments:
 
 
 @torch.no_grad()
-def tapped_samples(models: list[nn.Module], graph: fx.Graph, axes: dict[str, int], data, limit: int = 5000,
+def tapped_samples(models: list[nn.Module], trace, axes: dict[str, int], data, limit: int = 5000,
                    batch_size: int = 500) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Per batch of `data`, for each model: {node name: (samples, units)} at the nodes of `axes` (name -> unit axis)."""
+    """Per batch of `data`, for each model: {node name: (samples, units)} at the nodes of `axes` (name -> unit axis).
+
+    `trace`: the `infer.Trace` of the models' architecture (`spec.trace`)."""
     names = sorted(axes)
-    taps = [tap(m, graph, names).eval() for m in models]
+    taps: dict[tuple[int, int], object] = {}
     device = next(models[0].parameters()).device
     for x, _ in batches(data, batch_size, device=device, limit=limit):
-        yield [{n: as_samples(t, axes[n] % t.dim()) for n, t in zip(names, g(x))} for g in taps]
+        out = []
+        for i, m in enumerate(models):
+            if (i, len(x)) not in taps:
+                taps[(i, len(x))] = trace.tap(m, names, len(x))
+            out.append({n: as_samples(t, axes[n] % t.dim()) for n, t in zip(names, taps[(i, len(x))](x))})
+        yield out
 
 
-def unit_correlations(ref: nn.Module, model: nn.Module, graph: fx.Graph,
+def unit_correlations(ref: nn.Module, model: nn.Module, trace,
                       taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
                       batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
     axes = {n: ax for nodes in taps.values() for n, ax in nodes}
     stats = {n: CrossMoments() for n in axes}
-    for a, b in tapped_samples([ref, model], graph, axes, data, limit, batch_size):
+    for a, b in tapped_samples([ref, model], trace, axes, data, limit, batch_size):
         for n in axes:
             stats[n].update(a[n], b[n])
     return {g: sum(stats[n].correlation() for n, _ in nodes) for g, nodes in taps.items() if nodes}
 
 
-def unit_activations(model: nn.Module, graph: fx.Graph, taps: dict[str, list[tuple[str, int]]], data,
+def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]], data,
                      limit: int = 500, max_features: int = 4096) -> dict[str, torch.Tensor]:
     """Per group, each unit's activations on data as a feature row: (units, samples), float32.
 
@@ -95,7 +84,7 @@ def unit_activations(model: nn.Module, graph: fx.Graph, taps: dict[str, list[tup
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in axes}
     batch_size = 100
     n_batches = -(-limit // batch_size)
-    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
         for n, v in samples.items():
             step = max(1, -(-len(v) * n_batches // max_features))
             parts[n].append(v[::step].float())
@@ -103,13 +92,13 @@ def unit_activations(model: nn.Module, graph: fx.Graph, taps: dict[str, list[tup
             for g, nodes in taps.items() if nodes}
 
 
-def unit_moments(model: nn.Module, graph: fx.Graph, axes: dict[str, int], data, limit: int = 5000,
+def unit_moments(model: nn.Module, trace, axes: dict[str, int], data, limit: int = 5000,
                  batch_size: int = 500) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Mean and std of every unit at the nodes of `axes` (name -> unit axis)."""
     s1: dict = {}
     s2: dict = {}
     n: dict = {}
-    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
         for k, v in samples.items():
             s1[k] = s1.get(k, 0) + v.sum(0)
             s2[k] = s2.get(k, 0) + (v * v).sum(0)
@@ -117,22 +106,19 @@ def unit_moments(model: nn.Module, graph: fx.Graph, axes: dict[str, int], data, 
     return {k: (s1[k] / n[k], (s2[k] / n[k] - (s1[k] / n[k]) ** 2).clamp_min(0).sqrt()) for k in axes}
 
 
-def input_second_moments(model: nn.Module, graph: fx.Graph, data, limit: int = 5000,
+def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
                          batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """E[x x^T] of the inputs of every Linear and Conv module, keyed by module name.
+    """E[x x^T] of the inputs of every linear and convolution layer, keyed by its weight's state key.
 
     Linear: over input features; conv: over input channels, positions as samples.
     """
     inputs, axes = {}, {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            mod = model.get_submodule(node.target)
-            if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                inputs[node.target] = node.args[0].name
-                axes[node.args[0].name] = 1 if not isinstance(mod, nn.Linear) else -1
+    for key, node_name, axis in trace.layer_inputs():
+        inputs[key] = node_name
+        axes[node_name] = axis
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-    for (samples,) in tapped_samples([model], graph, axes, data, limit, batch_size):
+    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
         for k, v in samples.items():
             sums[k] = sums.get(k, 0) + v.T @ v
             count[k] = count.get(k, 0) + len(v)

@@ -18,8 +18,8 @@ from .batching import first_inputs
 from .bn import reset_bn
 from .infer import infer_spec
 from .probe import unit_moments
+from .spec import Layout
 
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequence[float] | None = None,
@@ -35,36 +35,35 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     out = copy.deepcopy(model)
     x = first_inputs(data)
     spec = infer_spec(out, x)
-    graph = spec.graph_module.graph
-    # the layers whose outputs are hidden units of a group: (module name, node name, group, unit axis)
+    trace = spec.trace
+    # the layers whose outputs are hidden units of a group: (weight, bias, node, group, unit axis, weight's out axis)
     layers = []
-    for node in graph.nodes:
-        if node.op == "call_module" and isinstance(out.get_submodule(node.target), _LAYERS):
-            key = f"{node.target}.weight"
-            group = next((g for a, g in spec.axes_of.get(key, []) if a == 0), None)
-            if group is not None:
-                axis = 1 if not isinstance(out.get_submodule(node.target), nn.Linear) else -1
-                layers.append((node.target, node.name, group, axis))
+    for key, bias, node_name, axis, w_axis in trace.layers():
+        group = next((g for a, g in spec.axes_of.get(key, []) if a == w_axis), None)
+        if group is not None and spec.layout(group, key, w_axis) == Layout():
+            layers.append((key, bias, node_name, group, axis, w_axis))
     if not layers:
         return reset_bn(out, data, limit=limit)
-    axes = {n: a for _, n, _, a in layers}
+    axes = {n: a for _, _, n, _, a, _ in layers}
     end_stats = []
     for i, e in enumerate(endpoints):
-        espec = infer_spec(e, x)
-        st = unit_moments(e, espec.graph_module.graph, axes, data, limit)
+        st = unit_moments(e, infer_spec(e, x).trace, axes, data, limit)
         if couplings is not None:  # map the endpoint's units onto the model's: barycentric average
             st = {n: tuple(len(couplings[g][i]) * couplings[g][i].double() @ v for v in st[n])
-                  for _, n, g, _ in layers}
+                  for _, _, n, g, _, _ in layers}
         end_stats.append(st)
-    for module_name, node_name, group, axis in layers:  # in graph order: later layers see earlier fixes
+    params = dict(out.named_parameters())
+    for key, bias, node_name, group, axis, w_axis in layers:  # in graph order: later layers see earlier fixes
         mean_t = sum(w * st[node_name][0] for w, st in zip(weights, end_stats))
         std_t = sum(w * st[node_name][1] for w, st in zip(weights, end_stats))
-        mean_m, std_m = unit_moments(out, graph, {node_name: axes[node_name]}, data, limit)[node_name]
-        layer = out.get_submodule(module_name)
+        mean_m, std_m = unit_moments(out, trace, {node_name: axes[node_name]}, data, limit)[node_name]
+        weight = params[key]
         scale = (std_t / (std_m + eps)).float()
         with torch.no_grad():
-            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-            layer.weight.mul_(scale.view(shape).to(layer.weight))
-            if layer.bias is not None:
-                layer.bias.copy_((scale * (layer.bias.double() - mean_m) + mean_t).to(layer.bias))
+            shape = [1] * weight.dim()
+            shape[w_axis] = -1
+            weight.mul_(scale.view(shape).to(weight))
+            if bias is not None:
+                b = params[bias]
+                b.copy_((scale * (b.double() - mean_m) + mean_t).to(b))
     return reset_bn(out, data, limit=limit)

@@ -5,7 +5,7 @@ name to the `(state_dict key, axis)` pairs its permutation moves. Where a
 group's units do not sit one per position on an axis, `layouts` says how they
 do: a channel flattened into H*W features of a Linear (`block`), an LSTM's four
 gate chunks (`tiles`, `stride`), a concatenation (`offset`). Algorithms only
-read this data; `infer_spec` builds it from any module with `torch.fx`.
+read this data; `infer_spec` builds it from any module through `torch.export`.
 """
 from __future__ import annotations
 
@@ -51,11 +51,16 @@ class PermutationSpec:
     # inferred specs also name, per group, the graph nodes whose outputs carry its units (node, axis):
     # activation-based alignment records them
     unit_nodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False, compare=False)
-    graph_module: object = field(default=None, repr=False, compare=False)
+    trace: object = field(default=None, repr=False, compare=False)  # infer.Trace it was read from
 
     def __post_init__(self):
         self.groups = {g: [(str(k), int(a)) for k, a in axes] for g, axes in self.groups.items()}
         self.layouts = {k: Layout(*v) for k, v in self.layouts.items()}
+
+    def copy(self) -> "PermutationSpec":
+        return PermutationSpec({g: list(a) for g, a in self.groups.items()}, dict(self.layouts), dict(self.sizes),
+                               None if self.contracted is None else set(self.contracted),
+                               {g: list(n) for g, n in self.unit_nodes.items()}, self.trace)
 
     def layout(self, group: str, key: str, axis: int) -> Layout:
         return self.layouts.get((group, key, axis), PLAIN)
