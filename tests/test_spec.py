@@ -128,11 +128,49 @@ class UnknownOp(nn.Module):
         return self.fc2(torch.cumsum(self.fc1(x), dim=1))
 
 
+@torch.library.custom_op("modefuse_test::gate", mutates_args=())
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """A user's own op (element-wise): export keeps it as one node that no built-in rule knows."""
+    return x * torch.sigmoid(x)
+
+
+@gate.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class CustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(gate(self.fc1(x)))
+
+
 def test_untraceable_and_unknown_ops_name_the_node_and_the_fix():
-    with pytest.raises(mf.SpecInferenceError, match="cannot trace Untraceable.*PermutationSpec"):
+    with pytest.raises(mf.SpecInferenceError, match="cannot trace Untraceable.*register_rule.*PermutationSpec"):
         mf.infer_spec(Untraceable(), torch.rand(2, 4))
-    with pytest.raises(mf.SpecInferenceError, match="node 'cumsum'.*cumsum.*PermutationSpec"):
-        mf.infer_spec(UnknownOp(), torch.rand(2, 4))
+    with pytest.raises(mf.SpecInferenceError, match="node 'gate'.*modefuse_test.gate.*register_rule.*PermutationSpec"):
+        mf.infer_spec(CustomOp(), torch.rand(2, 4))
+    spec = mf.infer_spec(CustomOp(), torch.rand(2, 4), unknown="fix")  # leave its units where they are
+    assert spec.groups == {}
+
+
+def test_register_rule_teaches_inference_a_users_own_op():
+    mf.register_rule(torch.ops.modefuse_test.gate)(mf.rules.pointwise)
+    try:
+        spec = assert_permutation_invariant(CustomOp(), torch.rand(8, 4))
+        assert spec.groups == {"fc1": [("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)]}
+    finally:
+        mf.rules.RULES.pop(torch.ops.modefuse_test.gate)
+
+
+def test_an_op_that_does_not_commute_with_permutations_pins_its_units_and_says_so():
+    model = UnknownOp()  # cumsum over the hidden units: their order matters
+    with pytest.warns(UserWarning, match="stay fixed.*node 'cumsum'.*cumsum"):
+        spec = mf.infer_spec(model, torch.rand(2, 4))
+    assert spec.groups == {}  # fc1's units are pinned, fc2's are the output
 
 
 def test_hand_written_spec_as_plain_data():

@@ -14,6 +14,7 @@ ZOO = {
     "resnet18": dict(width=0.125),
     "rnn": dict(hidden=16),
     "lstm": dict(hidden=16),
+    "vit": dict(width=16, depth=2, heads=2),
 }
 
 

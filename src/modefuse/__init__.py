@@ -15,11 +15,13 @@ __all__ = [
     "InvalidArgumentError",
 ]
 
+from . import rules  # noqa: E402
 from .infer import infer_spec  # noqa: E402
+from .rules import register_rule  # noqa: E402
 from .spec import Layout, PermutationSpec  # noqa: E402
 from .transport import permute  # noqa: E402
 
-__all__ += ["infer_spec", "PermutationSpec", "Layout", "permute"]
+__all__ += ["infer_spec", "register_rule", "rules", "PermutationSpec", "Layout", "permute"]
 
 from .align import Alignment, align  # noqa: E402
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .batching import first_inputs
+from .blockmatch import block_step, inner_groups, pair_scores
 from .errors import ModefuseError
 from .infer import infer_spec
 from .models import example_input as zoo_example_input
@@ -109,16 +110,19 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
                                       else ref)[k].float(), spec, g, k, a)
                 for g, axes in spec.groups.items() for k, a in axes}
     # the groups each entry's score depends on (the other permuted axes of its tensor)
-    depends = {(g, k, a): {h for ax, h in axes_of[k] if ax != a} for g, axes in spec.groups.items()
+    depends = {(g, k, a): {h for ax, h in axes_of[k] if (ax, h) != (a, g)} for g, axes in spec.groups.items()
                for k, a in axes}
     neighbours = {g: set().union(*(depends[(g, k, a)] for k, a in axes)) for g, axes in spec.groups.items()}
+    inner = {g: inner_groups(spec, g) for g in spec.groups}  # attention heads: the orders within them
+    for g, hs in inner.items():
+        neighbours[g] = (neighbours[g] | set().union(*(neighbours[h] for h in hs))) - {g}
     version = dict.fromkeys(spec.groups, 0)  # bumped whenever a group's permutation changes
     terms: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # entry -> (versions it was computed at, term)
 
     def term(g, k, a):
         seen = tuple(version[h] for h in sorted(depends[(g, k, a)]))
         if (g, k, a) not in terms or terms[(g, k, a)][0] != seen:
-            others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip_axis=a)
+            others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip={(a, g)})
             terms[(g, k, a)] = seen, ref_rows[(g, k, a)] @ unit_rows(others, spec, g, k, a).T
         return terms[(g, k, a)][1]
 
@@ -134,6 +138,13 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
             if solved_at.get(g) == seen:  # same score matrix as at its last solve: same answer
                 continue
             solved_at[g] = seen
+            if inner[g]:
+                gain = _block_step(g, inner[g], spec, ref_rows, ref, state, perms, term, axes_of)
+                if gain:
+                    improved, sweep_gain = True, sweep_gain + gain
+                    for h in (g, *inner[g]):
+                        version[h] += 1
+                continue
             score = sum(term(g, k, a) for k, a in spec.groups[g])
             new = assignment(score)
             idx = torch.arange(len(new), device=score.device)
@@ -147,6 +158,24 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
         if not improved or sweep_gain < tol * abs(objective):
             break
     return perms, history
+
+
+def _block_step(g, inner, spec, ref_rows, ref, state, perms, term, axes_of) -> float:
+    """Solve outer group `g` (attention heads) with its inner groups; apply and return the gain, or 0."""
+    shared = {e for entries in inner.values() for e in entries}
+    n = spec.sizes[g]
+    plain = sum((term(g, k, a) for k, a in spec.groups[g] if (k, a) not in shared),
+                torch.zeros(n, n, device=perms[g].device))
+    scores = {}
+    for h, entries in inner.items():
+        scores[h] = sum(pair_scores(spec, g, h, k, a, ref[k].float(), permute_tensor(
+            state[k].float(), k, axes_of[k], spec, perms, skip={(a, x) for x in (g, *inner)})) for k, a in entries)
+    gain, new_g, new_in = block_step(plain, scores, perms[g], {h: perms[h] for h in inner})
+    if gain <= 1e-9 * max(1.0, abs(float(plain.diagonal().sum()))):
+        return 0.0
+    perms[g] = new_g
+    perms.update(new_in)
+    return gain
 
 
 def _objective(spec, ref, state, perms) -> float:

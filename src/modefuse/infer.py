@@ -10,8 +10,9 @@ parameter axis becomes a `Layout` (`dims.positions`). Whatever no rule follows r
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ _VIEWS = {torch.ops.aten.t, torch.ops.aten.transpose, torch.ops.aten.permute, to
           torch.ops.aten.reshape, torch.ops.aten.alias, torch.ops.aten.to, torch.ops.aten._to_copy,
           torch.ops.aten.unsqueeze, torch.ops.aten.expand, torch.ops.aten.contiguous, torch.ops.aten.detach}
 _ZEROS = {torch.ops.aten.zeros, torch.ops.aten.new_zeros, torch.ops.aten.zeros_like}
+_UNIFORM = _ZEROS | {getattr(torch.ops.aten, n) for n in ("ones", "new_ones", "ones_like", "full", "new_full",
+                                                          "full_like", "scalar_tensor", "empty", "new_empty",
+                                                          "empty_like") if hasattr(torch.ops.aten, n)}
 
 
 class Act(NamedTuple):
@@ -66,7 +70,8 @@ class Trace:
         was = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*were assigned during export.*")
                 return torch.export.export(model, args, kwargs, strict=False)
         except Exception as e:  # export raises many kinds: data-dependent control flow, unsupported ops
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -188,14 +193,16 @@ def _resize(a, batch):
 class Walker:
     """Walks an exported graph, handing each node to its rule; the state rules read and join."""
 
-    def __init__(self, trace: Trace, state_keys, unknown: str = "error"):
-        self.trace, self.unknown = trace, unknown
+    def __init__(self, trace: Trace, state_keys, unknown: str = "error", aliases=None, outputs=None):
+        self.trace, self.unknown, self.outputs = trace, unknown, outputs
+        self.aliases = aliases or {}
         self.uv = UnitVars()
         self.info: dict[fx.Node, Any] = {}
         self.params: dict[str, list[int | None]] = {}  # state key -> its variable per axis
         self.param_nodes: dict[fx.Node, str] = {}
         self.contracted: set[int] = set()
         self.carriers: list[tuple[str, int, int]] = []  # (node name, axis, var): an axis holding one variable
+        self.notes: list[tuple[str, str, list[int]]] = []  # units pinned: (node name, why, variables)
         self.state_keys = state_keys
         sig = trace.program.graph_signature
         self.targets = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
@@ -258,6 +265,17 @@ class Walker:
             arg = arg.args[0]
         return None
 
+    def is_uniform(self, arg) -> bool:
+        """Whether `arg` holds one value everywhere (zeros, ones, full): it commutes with any permutation."""
+        while isinstance(arg, fx.Node) and arg.op == "call_function":
+            packet = getattr(arg.target, "overloadpacket", None)
+            if packet in _UNIFORM:
+                return True
+            if packet not in _VIEWS:
+                return False
+            arg = arg.args[0]
+        return False
+
     def is_param(self, arg) -> bool:
         return self.origin(arg) is not None
 
@@ -274,6 +292,19 @@ class Walker:
         for v in variables(self.axes(arg)[k]):
             if not self.uv.marked[v]:
                 self.uv.mark(v, name)
+
+    def name_units(self, axis: Axis, name: str) -> None:
+        """Name the classes of `axis`'s variables (a group made of them is called so, unless a layer names it)."""
+        vs = variables(axis)
+        for i, v in enumerate(vs):
+            r = self.uv.find(v)
+            if r != FIXED and self.uv.names[r] is None:
+                self.uv.names[r] = name if len(vs) == 1 else f"{name}{i}"
+
+    def module_path(self, node) -> str:
+        """The module whose forward ran this node ("" at the top)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        return list(stack.values())[-1][0] if stack else ""
 
     def contracts(self, arg, k: int) -> None:
         """Axis `k` of parameter `arg` is a layer's input axis (fusion scales it by the source width)."""
@@ -295,6 +326,13 @@ class Walker:
         for h in hidden:
             self.unify(axes[-1], h, node)
 
+    def pin(self, node, axis: Axis, why: str) -> None:
+        """Fix the units of `axis`: the op at `node` does not commute with permuting them."""
+        vs = variables(axis)
+        if vs:
+            self.notes.append((node.name, why, vs))
+        fixed(self.uv, axis)
+
     def refuse(self, node, why: str):
         raise _Refused(why)
 
@@ -304,7 +342,10 @@ class Walker:
 
     # ------------------------------------------------------------ the walk
     def run(self) -> None:
+        live = _live(self.trace.program.graph)
         for node in self.trace.program.graph.nodes:
+            if node not in live:
+                continue
             out = getattr(self, "op_" + node.op)(node)
             self.info[node] = out
             if isinstance(out, Act) and node.op == "call_function" and self.origin(node) is None:
@@ -315,7 +356,10 @@ class Walker:
     def op_placeholder(self, node):
         key = self.targets.get(node.name)
         shape = self.shape(node)
-        if key is None or shape is None or not self.meta(node).is_floating_point():
+        if (key is None or shape is None or not self.meta(node).is_floating_point()
+                or key not in self.state_keys and not any(k in self.state_keys for k in self.aliases.get(key, ()))):
+            # inputs, integer tensors and what the state_dict does not hold (non-persistent buffers such as
+            # rotary frequencies) cannot be permuted: constants
             return Act(tuple(plain(s) for s in shape)) if shape is not None else None
         vars_ = [self.uv.new(s) if s > 1 else None for s in shape]
         self.params[key] = vars_
@@ -326,9 +370,10 @@ class Walker:
         return None
 
     def op_output(self, node):
-        for a in node.all_input_nodes:
-            for ax in self.axes(a):
-                fixed(self.uv, ax)
+        for i, a in enumerate(_user_outputs(node, self.trace)):
+            if self.outputs is None or i in self.outputs:
+                for ax in self.axes(a):
+                    fixed(self.uv, ax)
         return None
 
     def op_call_function(self, node):
@@ -374,9 +419,28 @@ class Walker:
         return self._plain(node)
 
 
+def _user_outputs(output_node, trace) -> list:
+    """The graph's user outputs in order (mutated buffers come first in an exported graph's outputs)."""
+    outs = list(output_node.args[0])
+    n_user = len(trace.program.graph_signature.user_outputs)
+    return [a for a in outs[len(outs) - n_user:] if isinstance(a, fx.Node)]
+
+
+def _live(graph: fx.Graph) -> set:
+    """The nodes the outputs depend on, and the placeholders (dead code constrains nothing)."""
+    out_node = next(n for n in reversed(graph.nodes) if n.op == "output")
+    live, todo = {out_node}, list(out_node.all_input_nodes)
+    while todo:
+        n = todo.pop()
+        if n not in live:
+            live.add(n)
+            todo.extend(n.all_input_nodes)
+    return live | {n for n in graph.nodes if n.op == "placeholder"}
+
+
 def _op_name(node) -> str:
     t = node.target
-    return str(t) if not hasattr(t, "__name__") else (str(t) if "aten" in str(t) else t.__name__)
+    return str(t) if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) else getattr(t, "__name__", str(t))
 
 
 # ---------------------------------------------------------------- from classes of variables to a spec
@@ -455,6 +519,16 @@ def _resolve(w: Walker, aliases: dict[str, list[str]]) -> PermutationSpec:
                            unit_nodes=unit_nodes)
 
 
+def _warn_pinned(w: Walker) -> None:
+    """Say where units a layer produces were left fixed because an op does not commute with moving them."""
+    seen = set()
+    for node_name, why, vs in w.notes:
+        if any(w.uv.marked[v] for v in vs) and why not in seen:
+            seen.add(why)
+            warnings.warn(f"modefuse: some hidden units stay fixed (not permuted) at node {node_name!r}: {why}",
+                          stacklevel=3)
+
+
 def _fit(lab: np.ndarray, n: int) -> Layout | None:
     """The Layout putting unit c at the positions where `lab` is c, or None if none does."""
     pos = [np.flatnonzero(lab == c) for c in range(n)]
@@ -513,26 +587,32 @@ def _as_args(example_input) -> tuple[tuple, dict]:
     return (example_input,), {}
 
 
-def infer_spec(model: nn.Module, example_input, unknown: str = "error") -> PermutationSpec:
+def infer_spec(model: nn.Module, example_input, unknown: str = "error",
+               outputs: Sequence[int] | None = None) -> PermutationSpec:
     """The permutation spec of `model`, inferred from its exported graph on `example_input`.
 
     `example_input`: one batch (a tensor, a tuple of positional inputs, or a dict of keyword
     inputs such as {"input_ids": ...}). `unknown="fix"` leaves the units reaching an op that no rule
-    follows where they are instead of raising. Specs are cached per architecture and input shape.
+    follows where they are instead of raising. `outputs`: the positions, among the model's flattened
+    outputs, whose values permutations must keep (default all; a Hugging Face encoder-decoder also
+    returns the encoder's hidden states: outputs=[0] keeps only the logits, so that the encoder's
+    residual stream can move). Specs are cached per architecture and input shape.
     """
     if unknown not in ("error", "fix"):
         raise ValueError(f"unknown must be 'error' or 'fix', got {unknown!r}")
     args, kwargs = _as_args(example_input)
-    key = _cache_key(model, args, kwargs, unknown)
+    key = _cache_key(model, args, kwargs, f"{unknown}|{outputs}")
     if key in _CACHE:
         _CACHE.move_to_end(key)
         spec, trace = _CACHE[key]
     else:
         trace = Trace(model, args, kwargs)
         state_keys = set(model.state_dict())
-        w = Walker(trace, state_keys, unknown)
+        aliases = _aliases(model, state_keys)
+        w = Walker(trace, state_keys, unknown, aliases, None if outputs is None else set(outputs))
         w.run()
-        spec = _resolve(w, _aliases(model, state_keys))
+        spec = _resolve(w, aliases)
+        _warn_pinned(w)
         _CACHE[key] = spec, trace
         if len(_CACHE) > 32:
             _CACHE.popitem(last=False)

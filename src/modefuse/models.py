@@ -1,4 +1,4 @@
-"""The model zoo of the papers: MLP, VGG11, CIFAR-style ResNet-20/18, RNN and LSTM classifiers.
+"""The model zoo of the papers: MLP, VGG11, CIFAR-style ResNet-20/18, RNN and LSTM classifiers, and a small ViT.
 
 Every zoo model records its architecture name and arguments in `.arch`, so a
 checkpoint can rebuild it (`modefuse.checkpoint`). All take image batches
@@ -229,12 +229,72 @@ class LSTMClassifier(SequenceClassifier):
     cell = nn.LSTM
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention with separate Q, K, V and output projections."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_dim), nn.Linear(mlp_dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+@register("vit")
+class ViT(ZooModel):
+    """A small vision transformer: patches -> tokens (+ a class token, learned positions) -> pre-norm
+    blocks -> LayerNorm -> linear head on the class token. Patch 7 on 28x28 images: 16 tokens."""
+
+    arch_name = "vit"
+
+    def __init__(self, width: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: int = 2, patch: int = 7,
+                 in_channels: int = 1, in_size: int = 28, num_classes: int = 10):
+        super().__init__()
+        width, depth, heads = positive_int(width, "width"), positive_int(depth, "depth"), positive_int(heads, "heads")
+        patch, in_size = positive_int(patch, "patch"), positive_int(in_size, "in_size")
+        if width % heads:
+            raise InvalidArgumentError(f"width ({width}) must be a multiple of heads ({heads})")
+        if in_size % patch:
+            raise InvalidArgumentError(f"in_size ({in_size}) must be a multiple of patch ({patch})")
+        self._record(width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, patch=patch,
+                     in_channels=in_channels, in_size=in_size, num_classes=num_classes)
+        self.patch = nn.Conv2d(in_channels, width, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, (in_size // patch) ** 2 + 1, width) * 0.02)
+        self.blocks = nn.Sequential(*(Block(width, heads, mlp_ratio * width) for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
 def input_kwargs(name: str, input_shape: tuple[int, ...], num_classes: int) -> dict:
     """The input-size arguments of zoo model `name` for images of `input_shape` (C, H, W)."""
     c, h, w = input_shape
     name = {"resnet20": "resnet", "resnet18": "resnet", "vgg11": "vgg"}.get(name, name)
     per_model = {"mlp": {"in_features": c * h * w}, "vgg": {"in_channels": c, "in_size": h},
-                 "resnet": {"in_channels": c}, "rnn": {"input_size": c * w}, "lstm": {"input_size": c * w}}
+                 "resnet": {"in_channels": c}, "vit": {"in_channels": c, "in_size": h, "patch": 7 if h % 7 == 0 else 4}, "rnn": {"input_size": c * w}, "lstm": {"input_size": c * w}}
     return {**per_model.get(name, {}), "num_classes": num_classes}
 
 
@@ -253,7 +313,7 @@ def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor | None:
     name = arch["name"]
     if name == "mlp":
         return torch.rand(batch, kw["in_features"])
-    if name == "vgg":
+    if name in ("vgg", "vit"):
         return torch.rand(batch, kw["in_channels"], kw["in_size"], kw["in_size"])
     if name == "resnet":
         return torch.rand(batch, kw["in_channels"], 32, 32)
@@ -270,7 +330,8 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
         return
     kw, name, shape = arch.get("kwargs", {}), arch.get("name"), tuple(x.shape[1:])
     needed = {"mlp": ("in_features",), "rnn": ("input_size",), "lstm": ("input_size",),
-              "vgg": ("in_channels", "in_size"), "resnet": ("in_channels",)}.get(name)
+              "vgg": ("in_channels", "in_size"), "vit": ("in_channels", "in_size"),
+              "resnet": ("in_channels",)}.get(name)
     if needed is None or any(k not in kw for k in needed):
         return  # a model registered by a user, or an architecture record without the sizes
     if name == "mlp":
@@ -278,7 +339,7 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
     elif name in ("rnn", "lstm"):
         fits = len(shape) == 3 and shape[0] * shape[2] == kw["input_size"]
         wants = f"image rows of {kw['input_size']} features (channels x width)"
-    elif name == "vgg":
+    elif name in ("vgg", "vit"):
         fits = shape == (kw["in_channels"], kw["in_size"], kw["in_size"])
         wants = f"images of shape {kw['in_channels']}x{kw['in_size']}x{kw['in_size']}"
     else:

@@ -7,6 +7,10 @@ carry the same units with `w.unify`, marks the axes a layer produces with `w.pro
 records a layer's input axis with `w.contracts`, and returns the output's axes (`w.act(...)`; a
 tuple of them for several outputs). Ops whose inputs carry no units need no rule.
 
+Where an op is known but does not commute with permuting some axis (a cumulative sum over units,
+indexing into them), the rule pins those units with `w.pin` (they stay where they are, and the user
+is told); an op without a rule that reaches hidden units is an error naming the node.
+
 `register_rule(op, ...)` adds a rule for a user's own op (a `torch.library` custom op, or any
 ATen op modefuse does not know), so that a custom block never needs a whole hand-written spec.
 """
@@ -55,6 +59,10 @@ def _arg(node, i, name, default=None):
     return node.kwargs.get(name, default)
 
 
+def _name(node) -> str:
+    return str(getattr(node.target, "overloadpacket", node.target)).replace("aten.", "")
+
+
 def _dim(d, nd):
     return d % nd if nd else 0
 
@@ -86,7 +94,7 @@ def pointwise(w, node):
     if shape is None:
         return None
     out = []
-    tensors = [a for a in node.all_input_nodes if w.is_tensor(a)]
+    tensors = [a for a in node.all_input_nodes if w.is_tensor(a) and not w.is_uniform(a)]
     for d in range(len(shape)):
         axis = None
         for a in tensors:
@@ -154,7 +162,7 @@ def along_axes(w, node):
             out.append(axes[d])
         else:
             if d < len(axes) and has_units(axes[d]):
-                w.refuse(node, f"mixes the units of axis {d}")
+                w.pin(node, axes[d], f"{_name(node)} mixes or reorders the values along axis {d}")
             out.append(plain(s))
     res = w.act(out)
     return (res, w.act([plain(s) for s in shape[1]])) if isinstance(shape, list) else res
@@ -186,7 +194,7 @@ def select(w, node):
     if w.is_stack(src, d):  # one layer's states
         return src.items[node.args[2]]
     axes = list(w.axes(node.args[0]))
-    fixed(w.uv, axes[d])  # one unit picked out: it cannot move
+    w.pin(node, axes[d], f"picks one position of axis {d}")
     return w.act(axes[:d] + axes[d + 1:])
 
 
@@ -202,7 +210,11 @@ def slice_(w, node):
     start = min(max(start + n if start < 0 else start, 0), n)
     if shape[d] == n:
         return w.act(axes)
-    axes[d] = _piece(w, axes[d], start, shape[d]) if step == 1 else fixed(w.uv, axes[d])
+    if step == 1:
+        axes[d] = _piece(w, axes[d], start, shape[d])
+    else:
+        w.pin(node, axes[d], f"takes every {step}th position of axis {d}")
+        axes[d] = plain(shape[d])
     return w.act(axes)
 
 
@@ -326,7 +338,7 @@ def spatial(w, node):
                 out.append(axes[d])
             else:
                 if d < len(axes) and has_units(axes[d]):
-                    w.refuse(node, f"changes the size of unit axis {d}")
+                    w.pin(node, axes[d], f"{_name(node)} changes the size of axis {d}")
                 out.append(plain(n))
         outs.append(w.act(out))
     return tuple(outs) if isinstance(shape, list) else outs[0]
@@ -497,6 +509,10 @@ def attention(w, node):
         for d in range(1, len(ma) + 1):
             if axis_size(ma[-d]) != 1:
                 w.unify(virtual[-d], ma[-d], node)
+    where = w.module_path(node)
+    for axes, what in ((heads, "heads"), ([q[-1]], "qk"), ([v[-1]], "vo")):
+        for ax in axes:
+            w.name_units(ax, f"{where}.{what}" if where else what)
     return w.act(heads + [q[-2], v[-1]])
 
 
@@ -576,7 +592,7 @@ def index(w, node):
     used = [d for d, i in enumerate(idx) if i is not None]
     for d in used:
         if has_units(axes[d]):
-            w.refuse(node, f"indexes into unit axis {d}")
+            w.pin(node, axes[d], f"indexes into axis {d}")
     shape = w.out_shape(node)
     contiguous = used == list(range(used[0], used[-1] + 1)) if used else True
     rest = [a for d, a in enumerate(axes) if d not in used]

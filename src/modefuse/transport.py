@@ -6,7 +6,7 @@ and rectangular maps (fusion, width changes) go through `transport`.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Collection, Mapping
 
 import torch
 
@@ -16,20 +16,21 @@ from .spec import PLAIN, PermutationSpec
 State = dict[str, torch.Tensor]
 
 
-def permute(state: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Mapping[str, torch.Tensor],
-            skip: tuple[str, int] | None = None) -> State:
-    """`state` with each group's permutation applied on every axis it moves (except `skip`=(key, axis))."""
+def permute(state: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Mapping[str, torch.Tensor]) -> State:
+    """`state` with each group's permutation applied on every axis it moves."""
     out = dict(state)
     for key, axes in spec.axes_of.items():
-        out[key] = permute_tensor(state[key], key, axes, spec, perms, skip[1] if skip and skip[0] == key else None)
+        out[key] = permute_tensor(state[key], key, axes, spec, perms)
     return out
 
 
 def permute_tensor(t: torch.Tensor, key: str, axes: list[tuple[int, str]], spec: PermutationSpec,
-                   perms: Mapping[str, torch.Tensor], skip_axis: int | None = None) -> torch.Tensor:
-    """Tensor `key` with the permutations of its `axes` (from `spec.axes_of`) applied, `skip_axis` left alone."""
+                   perms: Mapping[str, torch.Tensor], skip: Collection[tuple[int, str]] = ()) -> torch.Tensor:
+    """Tensor `key` with the permutations of its `axes` (from `spec.axes_of`) applied, except those in
+    `skip` ((axis, group) pairs). Groups sharing an axis (attention heads and the order within a head)
+    commute."""
     for axis, group in axes:
-        if group in perms and axis != skip_axis:
+        if group in perms and (axis, group) not in skip:
             t = t.index_select(axis, axis_index(spec, group, key, axis, perms[group], t.shape[axis]))
     return t
 
