@@ -5,7 +5,10 @@ quality each reaches: the worst loss barrier over those seeds on the Fashion-MNI
 the weight-matching objective sum_k <W_a[k], W_b_aligned[k]> (higher is better) for every model.
 The MLP pair (784-512-512-512-10, 5 epochs of Adam, seeds 0 and 1) is trained once into runs/bench/.
 ResNet-20 at width x4 and x16 is compared at initialization (seeds 0 and 1): training them is out of
-reach on 2 CPU cores, and matching time does not depend on training.
+reach on 2 CPU cores, and matching time does not depend on training. So are two transformers: BERT-tiny's
+shape (Hugging Face `BertModel`, 2 layers, width 128, 2 heads) and the zoo's ViT (width 128, 4 blocks, 4
+heads); where rebasin cannot run a model, its column says so. "trace s" is the export and spec inference
+alone (part of every modefuse time: the spec cache is cleared before each run).
 
 Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import torch
@@ -27,7 +31,15 @@ def objective(a, b) -> float:
 
 
 def ours(a, b, x, seed):
+    sys.modules["modefuse.infer"]._CACHE.clear()  # every run pays for export and spec inference
     return mf.align(a, b, method="weight", example_input=x, seed=seed).model
+
+
+def trace_time(a, x) -> float:
+    sys.modules["modefuse.infer"]._CACHE.clear()
+    t0 = time.perf_counter()
+    mf.infer_spec(a, x)
+    return time.perf_counter() - t0
 
 
 def theirs(a, b, x, seed):
@@ -66,20 +78,46 @@ def main():
     for w in widths:
         pair = [mf.models.build("resnet20", width=w, in_channels=1, seed=s).eval() for s in (0, 1)]
         cases.append((f"ResNet-20 x{w} (init)", pair, torch.rand(2, 1, 28, 28)))
+    cases += transformers_cases()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mean over {args.repeats} seeds")
-    print(f"{'model':28s} {'modefuse s':>10s} {'rebasin s':>10s} {'speed-up':>9s} "
+    print(f"{'model':28s} {'modefuse s':>10s} {'trace s':>8s} {'rebasin s':>10s} {'speed-up':>9s} "
           f"{'objective ours/theirs':>22s} {'loss barrier ours / theirs / naive':>36s}")
     for label, (a, b), x in cases:
         ours(a, b, x, 0)  # warm-up: tracing machinery, thread pools
         t_ours, m_ours = mean_time(ours, a, b, x, repeats=args.repeats)
-        t_theirs, m_theirs = mean_time(theirs, a, b, x, repeats=args.repeats)
+        t_trace = trace_time(a, x)
+        try:
+            t_theirs, m_theirs = mean_time(theirs, a, b, x, repeats=args.repeats)
+        except Exception as e:  # rebasin traces with torchview and knows fewer layer kinds
+            print(f"{label:28s} {t_ours:10.3f} {t_trace:8.3f} {'fails':>10s}  ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:60] if str(e) else ''})", flush=True)
+            continue
         ratio = sum(objective(a, m) for m in m_ours) / sum(objective(a, m) for m in m_theirs)
         barrier = ""
         if "trained" in label:
             lb = [max(mf.interpolate(a, m, test, progress=False).loss_barrier for m in ms) for ms in (m_ours, m_theirs)]
             barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a, b, test, progress=False).loss_barrier:.3f}"
-        print(f"{label:28s} {t_ours:10.3f} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {ratio:22.5f} {barrier:>36s}",
-              flush=True)
+        print(f"{label:28s} {t_ours:10.3f} {t_trace:8.3f} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {ratio:22.5f} "
+              f"{barrier:>36s}", flush=True)
+
+
+def transformers_cases():
+    """BERT-tiny's shape (when transformers is installed) and the zoo ViT, at initialization."""
+    cases = []
+    try:
+        import transformers
+        cfg = transformers.BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=512)
+        pair = [transformers.BertModel(cfg).eval() for _ in range(2)]
+        for s, m in enumerate(pair):
+            torch.manual_seed(s)
+            m.init_weights()
+        cases.append(("BERT-tiny shape (init)", pair, torch.randint(0, 30522, (2, 16))))
+    except ImportError:
+        print("transformers is not installed: BERT-tiny left out")
+    pair = [mf.models.build("vit", width=128, depth=4, heads=4, seed=s).eval() for s in (0, 1)]
+    cases.append(("ViT 128x4 (init)", pair, torch.rand(2, 1, 28, 28)))
+    return cases
 
 
 if __name__ == "__main__":

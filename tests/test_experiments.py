@@ -13,7 +13,7 @@ from modefuse.experiments import REGISTRY, reproduce
 from modefuse.experiments.runner import _load_all
 
 _load_all()
-NAMES = ["wb-mlp", "wb-hetero", "wb-cnn", "wb-rnn", "lmc-plane", "curves", "lmc-width"]
+NAMES = ["wb-mlp", "wb-hetero", "wb-cnn", "wb-rnn", "lmc-plane", "curves", "lmc-width", "vit-lmc"]
 
 
 def test_every_paper_experiment_is_registered():

@@ -237,6 +237,11 @@ class _Fuser:
             if any(self.couplings[h][i] is None for _, h in others if h != g for i in movable):
                 self.incomplete = True
                 continue
+            # groups sharing this axis (attention heads, the order within them): applied once coupled
+            beside = [(a, h) for a, h in self.axes[0][key] if a == axis and h != g]
+            if any(self.couplings[h][i] is None for _, h in beside for i in movable):
+                self.incomplete = True
+            others += [(a, h) for a, h in beside if all(self.couplings[h][i] is not None for i in movable)]
             self.incomplete |= any(h not in self.done and h != g for _, h in others)
             out.append(_Entry(key, axis, others, self.alpha_h if recurrent else 1.0, recurrent))
         if not out:

@@ -44,12 +44,13 @@ class CrossMoments:
 
 
 @torch.no_grad()
-def tapped_samples(models: list[nn.Module], trace, axes: dict[str, int], data, limit: int = 5000,
-                   batch_size: int = 500) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Per batch of `data`, for each model: {node name: (samples, units)} at the nodes of `axes` (name -> unit axis).
-
-    `trace`: the `infer.Trace` of the models' architecture (`spec.trace`)."""
-    names = sorted(axes)
+def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
+                   batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
+    """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
+    unit axis) pairs of the models' exported graph (`trace`: the `infer.Trace`, `spec.trace`). A node
+    may be read at several axes (attention: heads and the order within them)."""
+    points = sorted(set(points))
+    names = sorted({n for n, _ in points})
     taps: dict[tuple[int, int], object] = {}
     device = next(models[0].parameters()).device
     for x, _ in batches(data, batch_size, device=device, limit=limit):
@@ -57,20 +58,25 @@ def tapped_samples(models: list[nn.Module], trace, axes: dict[str, int], data, l
         for i, m in enumerate(models):
             if (i, len(x)) not in taps:
                 taps[(i, len(x))] = trace.tap(m, names, len(x))
-            out.append({n: as_samples(t, axes[n] % t.dim()) for n, t in zip(names, taps[(i, len(x))](x))})
+            values = dict(zip(names, taps[(i, len(x))](x)))
+            out.append({(n, ax): as_samples(values[n], ax % values[n].dim()) for n, ax in points})
         yield out
+
+
+def _points(taps: dict[str, list[tuple[str, int]]]) -> set[tuple[str, int]]:
+    return {(n, ax) for nodes in taps.values() for n, ax in nodes}
 
 
 def unit_correlations(ref: nn.Module, model: nn.Module, trace,
                       taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
                       batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
-    axes = {n: ax for nodes in taps.values() for n, ax in nodes}
-    stats = {n: CrossMoments() for n in axes}
-    for a, b in tapped_samples([ref, model], trace, axes, data, limit, batch_size):
-        for n in axes:
-            stats[n].update(a[n], b[n])
-    return {g: sum(stats[n].correlation() for n, _ in nodes) for g, nodes in taps.items() if nodes}
+    points = _points(taps)
+    stats = {p: CrossMoments() for p in points}
+    for a, b in tapped_samples([ref, model], trace, points, data, limit, batch_size):
+        for p in points:
+            stats[p].update(a[p], b[p])
+    return {g: sum(stats[(n, ax)].correlation() for n, ax in nodes) for g, nodes in taps.items() if nodes}
 
 
 def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]], data,
@@ -80,15 +86,15 @@ def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, in
     Every tapped node of the group adds its samples (conv positions and time steps count as samples);
     at most `max_features` samples per node are kept, at a fixed stride (the same for every model).
     """
-    axes = {n: ax for nodes in taps.values() for n, ax in nodes}
-    parts: dict[str, list[torch.Tensor]] = {n: [] for n in axes}
+    points = _points(taps)
+    parts: dict[tuple[str, int], list[torch.Tensor]] = {p: [] for p in points}
     batch_size = 100
     n_batches = -(-limit // batch_size)
-    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
-        for n, v in samples.items():
+    for (samples,) in tapped_samples([model], trace, points, data, limit, batch_size):
+        for p, v in samples.items():
             step = max(1, -(-len(v) * n_batches // max_features))
-            parts[n].append(v[::step].float())
-    return {g: torch.cat([torch.cat(parts[n])[:max_features].T for n, _ in nodes], 1)
+            parts[p].append(v[::step].float())
+    return {g: torch.cat([torch.cat(parts[(n, ax)])[:max_features].T for n, ax in nodes], 1)
             for g, nodes in taps.items() if nodes}
 
 
@@ -98,8 +104,8 @@ def unit_moments(model: nn.Module, trace, axes: dict[str, int], data, limit: int
     s1: dict = {}
     s2: dict = {}
     n: dict = {}
-    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
-        for k, v in samples.items():
+    for (samples,) in tapped_samples([model], trace, axes.items(), data, limit, batch_size):
+        for (k, _), v in samples.items():
             s1[k] = s1.get(k, 0) + v.sum(0)
             s2[k] = s2.get(k, 0) + (v * v).sum(0)
             n[k] = n.get(k, 0) + len(v)
@@ -118,8 +124,8 @@ def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
         axes[node_name] = axis
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-    for (samples,) in tapped_samples([model], trace, axes, data, limit, batch_size):
-        for k, v in samples.items():
+    for (samples,) in tapped_samples([model], trace, axes.items(), data, limit, batch_size):
+        for (k, _), v in samples.items():
             sums[k] = sums.get(k, 0) + v.T @ v
             count[k] = count.get(k, 0) + len(v)
     return {layer: sums[name] / count[name] for layer, name in inputs.items()}

@@ -23,7 +23,7 @@ VARIANTS = (("average", {"method": "average"}),
             "fine-tuned)",
             {"tiny": {"width": 32, "depth": 2, "heads": 2, "epochs": 1, "n_train": 2048, "n_test": 512,
                       "finetune_epochs": 1, "steps": 5},
-             "quick": {"width": 128, "depth": 4, "heads": 4, "epochs": 3, "n_train": 20000, "n_test": 5000,
+             "quick": {"width": 128, "depth": 4, "heads": 4, "epochs": 3, "n_train": 30000, "n_test": 5000,
                        "finetune_epochs": 1, "steps": 9},
              "full": {"width": 256, "depth": 6, "heads": 8, "epochs": 20, "finetune_epochs": 2, "steps": 11}})
 def vit_lmc(ctx: Run) -> None:
@@ -32,9 +32,10 @@ def vit_lmc(ctx: Run) -> None:
     arch = {"width": s["width"], "depth": s["depth"], "heads": s["heads"]}
     a, b = (ctx.model(f"vit_s{i}", "vit", train_data, seed=i, epochs=s["epochs"], model_kwargs=arch)
             for i in range(2))
-    paths, rows = {}, []
+    paths, rows, aligned = {}, [], {}
     for method in ALIGNMENTS:
         other = b if method == "naive" else align(a, b, method=method, data=train_data).model
+        aligned[method] = other
         path = interpolate(a, other, test, steps=s["steps"], progress=False)
         paths[method] = path
         mid = path.accuracy[len(path.alphas) // 2]
@@ -48,4 +49,6 @@ def vit_lmc(ctx: Run) -> None:
               rows)
     plot_paths(paths, ctx.figure("vit_paths.png"), title="ViT: naive and aligned straight paths")
     fusion = _input_rows([a, b], test) + _fusion_rows(ctx, [a, b], train_data, test, variants=VARIANTS)
+    fusion += _fusion_rows(ctx, [a, aligned["weight"]], train_data, test,  # Git Re-Basin: align, then average
+                           variants=(("weight matching + average", {"method": "average"}),))
     ctx.table("Fusion of the two ViTs (one-shot, + REPAIR, after fine-tuning the one-shot model)", HEADER, fusion)
