@@ -7,7 +7,8 @@ The MLP pair (784-512-512-512-10, 5 epochs of Adam, seeds 0 and 1) is trained on
 ResNet-20 at width x4 and x16 is compared at initialization (seeds 0 and 1): training them is out of
 reach on 2 CPU cores, and matching time does not depend on training. So are two transformers: BERT-tiny's
 shape (Hugging Face `BertModel`, 2 layers, width 128, 2 heads) and the zoo's ViT (width 128, 4 blocks, 4
-heads); where rebasin cannot run a model, its column says so. "trace s" is the export and spec inference
+heads); where rebasin cannot run a model, its column says so. "output change" is the largest relative change of
+the aligned model's outputs (a permutation must leave them as they were). "trace s" is the export and spec inference
 alone (part of every modefuse time: the spec cache is cleared before each run).
 
 Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16]
@@ -33,6 +34,14 @@ def objective(a, b) -> float:
 def ours(a, b, x, seed):
     sys.modules["modefuse.infer"]._CACHE.clear()  # every run pays for export and spec inference
     return mf.align(a, b, method="weight", example_input=x, seed=seed).model
+
+
+def output_change(b, aligned, x) -> float:
+    """Largest change of the outputs on `x` that the alignment made (0 up to rounding: the same function)."""
+    with torch.no_grad():
+        y, z = b(x), aligned(x)
+    y, z = (getattr(v, "last_hidden_state", v) for v in (y, z))
+    return float((y - z).abs().max() / y.abs().max())
 
 
 def trace_time(a, x) -> float:
@@ -81,7 +90,7 @@ def main():
     cases += transformers_cases()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mean over {args.repeats} seeds")
     print(f"{'model':28s} {'modefuse s':>10s} {'trace s':>8s} {'rebasin s':>10s} {'speed-up':>9s} "
-          f"{'objective ours/theirs':>22s} {'loss barrier ours / theirs / naive':>36s}")
+          f"{'objective ours/theirs':>22s} {'output change ours/theirs':>26s} {'loss barrier ours / theirs / naive':>36s}")
     for label, (a, b), x in cases:
         ours(a, b, x, 0)  # warm-up: tracing machinery, thread pools
         t_ours, m_ours = mean_time(ours, a, b, x, repeats=args.repeats)
@@ -93,12 +102,13 @@ def main():
                   f"{str(e).splitlines()[0][:60] if str(e) else ''})", flush=True)
             continue
         ratio = sum(objective(a, m) for m in m_ours) / sum(objective(a, m) for m in m_theirs)
+        change = f"{max(output_change(b, m, x) for m in m_ours):.1e} / {max(output_change(b, m, x) for m in m_theirs):.1e}"
         barrier = ""
         if "trained" in label:
             lb = [max(mf.interpolate(a, m, test, progress=False).loss_barrier for m in ms) for ms in (m_ours, m_theirs)]
             barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a, b, test, progress=False).loss_barrier:.3f}"
         print(f"{label:28s} {t_ours:10.3f} {t_trace:8.3f} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {ratio:22.5f} "
-              f"{barrier:>36s}", flush=True)
+              f"{change:>26s} {barrier:>36s}", flush=True)
 
 
 def transformers_cases():

@@ -531,9 +531,11 @@ def _warn_pinned(w: Walker) -> None:
 
 def _fit(lab: np.ndarray, n: int) -> Layout | None:
     """The Layout putting unit c at the positions where `lab` is c, or None if none does."""
-    pos = [np.flatnonzero(lab == c) for c in range(n)]
-    if any(len(p) != len(pos[0]) for p in pos) or not len(pos[0]):
+    counts = np.bincount(lab[lab >= 0], minlength=n)
+    if len(counts) != n or counts.min() != counts.max() or not counts[0]:
         return None
+    order = np.argsort(lab, kind="stable")  # positions grouped by unit, ascending within a unit
+    pos = order[lab[order] >= 0].reshape(n, counts[0])
     p0 = pos[0]
     block = 1
     while block < len(p0) and p0[block] == p0[0] + block:
@@ -541,7 +543,7 @@ def _fit(lab: np.ndarray, n: int) -> Layout | None:
     tiles = len(p0) // block
     stride = int(p0[block] - p0[0]) if tiles > 1 else 0
     lay = Layout(int(p0[0]), block, tiles, 0 if stride == n * block else stride)
-    if tiles * block != len(p0) or not np.array_equal(lay.positions(n).numpy(), np.stack(pos)):
+    if tiles * block != len(p0) or not np.array_equal(lay.positions(n).numpy(), pos):
         return None
     return lay
 

@@ -45,7 +45,7 @@ def vit_lmc(ctx: Run) -> None:
                                                           "midpoint_gap": ends - mid}
         ctx.log(f"{method}: loss barrier {path.loss_barrier:.3f}, midpoint accuracy {100 * mid:.1f}%")
     ctx.table("Straight path between the two ViTs", ["alignment", "loss barrier", "accuracy barrier",
-                                                     "midpoint accuracy", "midpoint gap to the endpoints' mean"],
+                                                     "midpoint accuracy", "midpoint accuracy below the endpoints' mean"],
               rows)
     plot_paths(paths, ctx.figure("vit_paths.png"), title="ViT: naive and aligned straight paths")
     fusion = _input_rows([a, b], test) + _fusion_rows(ctx, [a, b], train_data, test, variants=VARIANTS)
