@@ -166,6 +166,16 @@ CASES = [
     ("reproduce wb-mpl", 2, "unknown experiment 'wb-mpl'"),
     ("reproduce wb-mlp --quick --tiny", 2, "--tiny: not allowed with argument --quick"),
     ("reproduce wb-mlp --tiny --out TXT", 2, "notes.txt is a file; name a directory"),
+    # federate
+    ("federate --clients 0", 2, "--clients must be a positive integer"),
+    ("federate --rounds 1.5", 2, "--rounds must be a positive integer, got '1.5'"),
+    ("federate --method gromov", 2, "invalid choice: 'gromov'"),
+    ("federate --split shards", 2, "invalid choice: 'shards'"),
+    ("federate --alpha 0", 2, "--alpha must be a positive number"),
+    ("federate --model vgg", 2, "invalid choice: 'vgg'"),
+    ("federate --client-widths 200,100,50 --method average", 2, "--client-widths needs --method wasserstein"),
+    ("federate --client-widths 200,100", 2, "as many layers as --widths"),
+    ("federate --data-dir MISSING", 1, "missing.safetensors"),
     # no such command
     ("trian --out OUT", 2, "invalid choice: 'trian'"),
 ]

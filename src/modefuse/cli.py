@@ -333,6 +333,60 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def _federate_args(p):
+    p.add_argument("--clients", type=T.positive_int, default=10, help="simulated clients (default 10)")
+    p.add_argument("--rounds", type=T.positive_int, default=5, help="federated rounds (default 5)")
+    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein"],
+                   help="server aggregation: average (FedAvg), otfusion or wasserstein (default)")
+    p.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet", "labels"],
+                   help="how the training set is dealt to the clients (default dirichlet)")
+    p.add_argument("--alpha", type=T.positive_float, default=0.5, help="Dirichlet concentration (default 0.5)")
+    p.add_argument("--model", default="mlp", choices=["mlp"], help="zoo model the clients train (mlp)")
+    p.add_argument("--widths", type=T.positive_int_list, default=[400, 200, 100],
+                   help="hidden widths of the server's model (default 400,200,100)")
+    p.add_argument("--client-widths", type=T.positive_int_list, action="append", metavar="WIDTHS",
+                   help="widths of the clients, dealt out in turn (repeat: --client-widths 400,200,100 "
+                        "--client-widths 200,100,50); needs --method wasserstein")
+    p.add_argument("--local-epochs", type=T.positive_int, default=1, help="epochs per round on each client")
+    p.add_argument("--lr", type=T.positive_float, default=1e-3, help="clients' learning rate (Adam)")
+    p.add_argument("--independent-init", action="store_true",
+                   help="round 1: every client starts from its own initialization (one-shot fusion)")
+    p.add_argument("--repair", action="store_true", help="REPAIR the fused model on a server-side batch")
+    p.add_argument("--seed", type=T.seed, default=0)
+    p.add_argument("--n-train", type=T.positive_int, help="use only the first N training images")
+    p.add_argument("--data-dir", default=None, help="where the Fashion-MNIST files are (default: search)")
+
+
+@command("federate", "federated training on Flower's simulation engine (Ray) with a fusing server: FedAvg, "
+         "OTFusion or Wasserstein-barycenter aggregation; the global model's test accuracy per round",
+         _federate_args)
+def cmd_federate(args) -> int:
+    if args.client_widths and args.method != "wasserstein":
+        raise UsageError("--client-widths needs --method wasserstein (the only fusion across widths)")
+    if any(len(w) != len(args.widths) for w in args.client_widths or []):
+        raise UsageError("every --client-widths must have as many layers as --widths")
+    from .data import load
+    load("fashion-mnist", "train", args.data_dir)  # fail now, in one line, when the data is missing
+    try:
+        from .flower import Settings, simulate
+    except ImportError as e:
+        raise ModefuseError(str(e)) from None
+    s = Settings(model=args.model, model_kwargs={"widths": args.widths},
+                 client_kwargs=[{"widths": w} for w in args.client_widths or []], split=args.split,
+                 alpha=args.alpha, seed=args.seed, local_epochs=args.local_epochs, lr=args.lr,
+                 independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
+    history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair)
+    result = {"accuracy": history.accuracy, "loss": history.loss, "left_out": history.left_out}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for r in sorted(history.accuracy):
+            print(f"round {r}: test accuracy {100 * history.accuracy[r]:.1f}%, loss {history.loss[r]:.4f}")
+        for r, why in sorted(history.left_out.items()):
+            print(f"round {r}: left out {len(why)} repl{'y' if len(why) == 1 else 'ies'}: " + "; ".join(why))
+    return 0
+
+
 def _reproduce_args(p):
     p.add_argument("name", nargs="?", type=T.experiment, help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="name each experiment with what it shows")

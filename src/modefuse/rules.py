@@ -404,25 +404,18 @@ def conv(w, node):
     xa, wa = list(w.axes(x)), w.axes(weight)
     out_w, in_w = (1, 0) if transposed else (0, 1)
     shape = w.out_shape(node)
-    c_in, c_out = axis_size(xa[1]), shape[1]
+    c_in = axis_size(xa[1])
     w.produces(weight, out_w)
     w.contracts(weight, in_w)
-    if transposed:  # (in, out/g): the in axis is in groups of in/g, the out axis within a group
-        xg = cut(w.uv, xa[1], (groups, c_in // groups))
-        wg = cut(w.uv, wa[0], (groups, c_in // groups))
-        if xg is None or wg is None:
-            w.refuse(node, "grouped transposed convolution modefuse cannot follow")
-        w.unify(xg[0], wg[0], node)
-        w.unify(xg[1], wg[1], node)
-        out_axis = wg[0] + wa[1]
-    else:
-        xg = cut(w.uv, xa[1], (groups, c_in // groups))
-        wg = cut(w.uv, wa[0], (groups, c_out // groups))
-        if xg is None or wg is None:
-            w.refuse(node, "grouped convolution modefuse cannot follow")
-        w.unify(xg[0], wg[0], node)
-        w.unify(xg[1], wa[1], node)
-        out_axis = wa[0]
+    # the input channels come in `groups` blocks, each read by its own block of filters: axis 0 of the
+    # weight is (groups x out/groups), or transposed (groups x in/groups)
+    xg = cut(w.uv, xa[1], (groups, c_in // groups))
+    wg = cut(w.uv, wa[0], (groups, axis_size(wa[0]) // groups))
+    if xg is None or wg is None:
+        w.refuse(node, "grouped convolution modefuse cannot follow")
+    w.unify(xg[0], wg[0], node)
+    w.unify(xg[1], wg[1] if transposed else wa[1], node)
+    out_axis = wg[0] + wa[1] if transposed else wa[0]
     if bias is not None:
         w.unify(out_axis, w.axes(bias)[0], node)
     return w.act([xa[0], out_axis] + [plain(s) for s in shape[2:]])

@@ -1,0 +1,1 @@
+"""A Flower app running modefuse's fusing server (see pyproject.toml)."""

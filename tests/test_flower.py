@@ -1,0 +1,105 @@
+"""Federated fusion on Flower: the strategy's aggregation on hand-made replies, and a small simulation."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import modefuse as mf
+
+flwr = pytest.importorskip("flwr", reason="Flower is in the test set-up: pip install -e '.[test,flower]'")
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+
+from modefuse.flower import FedFusion, Settings, simulate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages made outside a Flower run need a run, node and task id (the SuperLink sets them in a run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _mlp(seed, widths=(24, 12)):
+    return mf.models.build("mlp", widths=list(widths), in_features=784, seed=seed)
+
+
+def _reply(node: int, model=None, n=100, content=None, declared=None):
+    """A client's reply: its arrays, metrics and declared architecture (`declared`: other kwargs than its own)."""
+    instruction = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+    if content is None:
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                              "metrics": MetricRecord({"num-examples": n, "train_loss": 0.1 * node}),
+                              "arch": ConfigRecord({"name": "mlp",
+                                                    "kwargs": json.dumps(declared or model.arch["kwargs"])})})
+    return Message(content=content, reply_to=instruction)
+
+
+def _state(arrays: ArrayRecord):
+    return arrays.to_torch_state_dict()
+
+
+def test_the_strategys_aggregate_is_mf_fuse_of_the_client_models_weighted_by_examples():
+    models, sizes = [_mlp(s) for s in range(3)], [100, 300, 200]
+    replies = [_reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, sizes))]
+    strategy = FedFusion(_mlp(9), method="wasserstein")
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    expected = mf.fuse(models, method="wasserstein", cost="weight", weights=sizes, progress=False).model
+    for k, v in expected.state_dict().items():
+        assert torch.equal(_state(arrays)[k], v), k
+    assert metrics["train_loss"] == pytest.approx((100 * 0.1 + 300 * 0.2 + 200 * 0.3) / 600)
+
+
+def test_averaging_through_the_strategy_equals_flowers_own_fedavg():
+    models, sizes = [_mlp(s) for s in range(3)], [50, 150, 300]
+    ours, _ = FedFusion(_mlp(9), method="average").aggregate_train(1, [_reply(i + 1, m, n) for i, (m, n) in
+                                                                     enumerate(zip(models, sizes))])
+    theirs, _ = FedAvg().aggregate_train(1, [_reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, sizes))])
+    for k in theirs:
+        np.testing.assert_allclose(ours[k].numpy(), theirs[k].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_bad_reply_is_left_out_with_a_reason_and_the_round_goes_on(caplog):
+    good = [_mlp(0), _mlp(1)]
+    nan = _mlp(2)
+    with torch.no_grad():
+        nan.layers[0].weight[0, 0] = float("nan")
+    replies = [_reply(1, good[0]), _reply(2, good[1]),
+               _reply(3, _mlp(3, widths=(24, 7)), declared={"widths": [24, 12], "in_features": 784}),  # wrong shapes
+               _reply(4, nan), _reply(5, content=RecordDict({"metrics": MetricRecord({"num-examples": 10})})),
+               _reply(6, _mlp(6, widths=(24, 7)))]  # another width: only wasserstein fuses it
+    strategy = FedFusion(_mlp(9), method="otfusion")
+    with caplog.at_level(logging.WARNING):
+        arrays, _ = strategy.aggregate_train(3, replies)
+    expected = mf.fuse(good, method="otfusion", cost="weight", weights=[100, 100], progress=False).model
+    for k, v in expected.state_dict().items():
+        assert torch.equal(_state(arrays)[k], v), k
+    why = " | ".join(strategy.left_out[3])
+    assert "node 3" in why and "layers.1.weight" in why  # the first differing tensor
+    assert "node 4" in why and "NaN" in why
+    assert "node 5" in why and "no ArrayRecord 'arrays'" in why
+    assert "node 6" in why and "the server's model" in why
+    assert len(strategy.left_out[3]) == 4
+
+
+def test_clients_of_other_widths_are_fused_into_the_servers_width_by_wasserstein():
+    models = [_mlp(0, (24, 12)), _mlp(1, (12, 6)), _mlp(2, (12, 6))]
+    arrays, _ = FedFusion(_mlp(9, (16, 8)), method="wasserstein").aggregate_train(
+        1, [_reply(i + 1, m, 100) for i, m in enumerate(models)])
+    expected = mf.fuse(models, method="wasserstein", cost="weight", weights=[100] * 3, widths=[16, 8],
+                       progress=False).model
+    for k, v in expected.state_dict().items():
+        assert torch.equal(_state(arrays)[k], v), k
+
+
+def test_three_clients_two_rounds_on_flowers_simulation_engine():
+    s = Settings(model_kwargs={"widths": [32]}, n_train=900, n_test=500, split="iid")
+    history = simulate(s, method="wasserstein", rounds=2, num_clients=3)
+    assert sorted(history.accuracy) == [0, 1, 2]
+    assert history.accuracy[2] > history.accuracy[0] + 0.1  # the fused global model learns
+    assert history.left_out == {}
