@@ -45,6 +45,6 @@ clean:
 	rm -rf runs .pytest_cache
 
 # The papers' experiments at their quick presets (about 10 minutes each on 2 cores), into results/.
-EXPERIMENTS := wb-mlp wb-hetero wb-cnn wb-rnn lmc-plane curves lmc-width vit-lmc
+EXPERIMENTS := wb-mlp wb-hetero wb-cnn wb-rnn lmc-plane curves lmc-width vit-lmc fed-fusion
 reproduce-quick: data $(STAMP)
 	for e in $(EXPERIMENTS); do $(VENV)/bin/modefuse reproduce $$e --quick || exit 1; done

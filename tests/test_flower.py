@@ -103,3 +103,16 @@ def test_three_clients_two_rounds_on_flowers_simulation_engine():
     assert sorted(history.accuracy) == [0, 1, 2]
     assert history.accuracy[2] > history.accuracy[0] + 0.1  # the fused global model learns
     assert history.left_out == {}
+
+
+@pytest.mark.slow
+def test_fed_fusion_experiment_writes_its_tables_and_figure(tmp_path):
+    """`modefuse reproduce fed-fusion --tiny`: seven simulations (about two minutes: Ray starts each time)."""
+    from modefuse.experiments import reproduce
+    out = tmp_path / "fed"
+    reproduce("fed-fusion", "tiny", out=out, progress=False)
+    res = json.loads((out / "results.json").read_text())
+    assert [t["title"].split(" (")[0] for t in res["tables"]] == ["One-shot federated fusion", "Over rounds",
+                                                                 "One round with K clients"]
+    assert set(res["results"]["one_shot"]) == {"dirichlet", "labels"}
+    assert (out / "accuracy_per_round.png").read_bytes()[:4] == b"\x89PNG"

@@ -15,6 +15,7 @@ left out of the round, with a log line naming the node; the round goes on with t
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Iterable
@@ -67,6 +68,8 @@ class FedFusion(FedAvg):
             raise ModefuseError("REPAIR and the activation cost need a server-side batch: pass data=")
         self.template, self.method, self.cost, self.data, self.repair = template, method, cost, data, repair
         self.left_out: dict[int, list[str]] = {}  # round -> why each left-out reply was left out
+        self.received: tuple[list[nn.Module], list[float]] = ([], [])  # the last round's client models, weights
+        self.seconds: dict[int, dict[str, float]] = {}  # round -> {"fusion": ..., "clients": ...}
 
     def client_model(self, msg: Message) -> tuple[nn.Module, float]:
         """The model a reply carries and its weight (examples trained on); ModefuseError if it is not one.
@@ -115,7 +118,12 @@ class FedFusion(FedAvg):
         if not models:
             return None, None
         log(INFO, "FedFusion round %s: %s of %s fused with %s", server_round, len(models), len(valid), self.method)
+        self.received = (models, weights)
+        t0 = time.perf_counter()
         fused = self.fuse(models, weights)
+        client_seconds = [float(list(m.content.metric_records.values())[0].get("train-seconds", 0.0)) for m in kept]
+        self.seconds[server_round] = {"fusion": time.perf_counter() - t0, "clients": sum(client_seconds),
+                                      "slowest client": max(client_seconds)}
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
         return ArrayRecord(fused.state_dict()), metrics
 
@@ -222,11 +230,14 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         incoming = msg.content["arrays"].to_torch_state_dict()
         if not (s.independent_init and server_round == 1):
             model.load_state_dict(_to_width(incoming, model, s, shard))
+        t0 = time.perf_counter()
         hist = train(model, shard, epochs=s.local_epochs, lr=s.lr, batch_size=s.batch_size,
                      seed=s.seed + 1000 * server_round + pid, progress=False)
+        seconds = time.perf_counter() - t0
         loss = float(hist[-1]["train_loss"]) if hist else float("nan")
         content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                              "metrics": MetricRecord({"train_loss": loss, "num-examples": len(shard)}),
+                              "metrics": MetricRecord({"train_loss": loss, "num-examples": len(shard),
+                                                       "train-seconds": seconds}),
                               "arch": ConfigRecord({"name": model.arch["name"],
                                                     "kwargs": json.dumps(model.arch["kwargs"])})})
         return Message(content=content, reply_to=msg)
@@ -254,6 +265,8 @@ class History:
     accuracy: dict[int, float] = field(default_factory=dict)
     loss: dict[int, float] = field(default_factory=dict)
     left_out: dict[int, list[str]] = field(default_factory=dict)
+    seconds: dict[int, dict[str, float]] = field(default_factory=dict)  # round -> fusion, clients, round
+    clients: tuple = ((), ())  # the last round's client models and weights (examples)
 
 
 def serve(grid: Grid, s: Settings, method: str, rounds: int, num_clients: int, history: History,
@@ -263,7 +276,7 @@ def serve(grid: Grid, s: Settings, method: str, rounds: int, num_clients: int, h
     template = zoo.build_for(s.model, test, seed=s.seed, **s.model_kwargs)
     server_batch = _data(s, "train").subset(range(1000)) if (repair or cost == "activation") else None
     strategy = FedFusion(template, method=method, cost=cost, data=server_batch, repair=repair,
-                         fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=1,
+                         fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
                          min_available_nodes=num_clients)
 
     def centralized(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -273,9 +286,20 @@ def serve(grid: Grid, s: Settings, method: str, rounds: int, num_clients: int, h
         history.accuracy[server_round], history.loss[server_round] = res["accuracy"], res["loss"]
         return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
 
+    t_round = [time.perf_counter()]
+
+    def centralized_timed(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        now = time.perf_counter()
+        if server_round:
+            history.seconds[server_round] = {**strategy.seconds.get(server_round, {}), "round": now - t_round[0]}
+        res = centralized(server_round, arrays)
+        t_round[0] = time.perf_counter()
+        return res
+
     strategy.start(grid=grid, initial_arrays=ArrayRecord(template.state_dict()), num_rounds=rounds,
-                   evaluate_fn=centralized)
+                   evaluate_fn=centralized_timed)
     history.left_out.update(strategy.left_out)
+    history.clients = strategy.received
 
 
 def server_app(s: Settings | None = None, method: str = "wasserstein", rounds: int = 1, num_clients: int = 10,

@@ -115,7 +115,10 @@ def pointwise(w, node):
 
 
 # ---------------------------------------------------------------- shape: views and moves
-@register_rule(*_ops("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as", "reshape_as"))
+@register_rule(*_ops(
+    "view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze",
+    "unsqueeze_", "view_as", "reshape_as",
+))
 def view(w, node):
     return w.act(reshape(w.uv, w.axes(node.args[0]), w.out_shape(node)))
 
@@ -150,7 +153,10 @@ def expand(w, node):
                   for d, s in enumerate(shape)])
 
 
-@register_rule(*_ops("repeat", "tile", "flip", "roll", "cumsum", "cumprod", "sort", "argsort", "topk", "gather", "scatter", "index_select", "narrow_copy", "diff", "tril", "triu"))
+@register_rule(*_ops(
+    "repeat", "tile", "flip", "roll", "cumsum", "cumprod", "sort", "argsort", "topk", "gather", "scatter",
+    "index_select", "narrow_copy", "diff", "tril", "triu",
+))
 def along_axes(w, node):
     """Ops that move or mix values along some axes: those whose size or order changes must hold no
     units; the others keep theirs (`repeat` of a batch axis, `cumsum` over positions)."""
@@ -391,7 +397,9 @@ def matmul(w, node):
     return _matmul(w, node, w.axes(a), w.axes(b), bias)
 
 
-@register_rule(*_ops("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"))
+@register_rule(*_ops(
+    "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+))
 def conv(w, node):
     """Channels on axis 1; weight (out, in / groups, k...) or, transposed, (in, out / groups, k...)."""
     t = node.target.overloadpacket
@@ -435,7 +443,10 @@ def _per_channel(w, node, axis, params):
             w.unify(axis, w.axes(p)[0], node)
 
 
-@register_rule(*_ops("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm", "instance_norm", "_native_batch_norm_legit_functional"))
+@register_rule(*_ops(
+    "batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm",
+    "instance_norm", "_native_batch_norm_legit_functional",
+))
 def batch_norm(w, node):
     xa = w.axes(node.args[0])
     _per_channel(w, node, xa[1], node.args[1:5])

@@ -101,7 +101,7 @@ def _fmt(v, column: str) -> str:
 
 def _load_all() -> None:
     """Import the experiment modules, which register themselves."""
-    from . import curves_exp, lmc_width, vit, wb  # noqa: F401
+    from . import curves_exp, federated, lmc_width, vit, wb  # noqa: F401
 
 
 def reproduce(name: str, preset: str = "quick", out: str | Path | None = None, data_dir: str | None = None,

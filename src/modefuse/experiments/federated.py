@@ -1,0 +1,107 @@
+"""Federated fusion on Flower's simulation engine (the WB paper's motivation, Akash et al. 2023):
+FedAvg against OTFusion and Wasserstein-barycenter aggregation, one-shot and over rounds."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models import build_for
+from ..plots import plt, save_figure
+from ..training import evaluate
+from .runner import Run, experiment
+
+METHODS = ("average", "otfusion", "wasserstein")
+LABEL = {"average": "FedAvg", "otfusion": "FedOTFusion", "wasserstein": "FedWB"}
+
+
+def _settings(ctx: Run, **kw):
+    from ..flower import Settings  # the flower extra: imported when the experiment runs
+    s = ctx.settings
+    return Settings(model_kwargs={"widths": s["widths"]}, n_train=s.get("n_train"), n_test=s.get("n_test"),
+                    alpha=s["alpha"], **kw)
+
+
+@experiment("fed-fusion", "federated learning on Flower's simulation engine: FedAvg vs FedOTFusion vs FedWB, "
+            "one-shot (clients from different initializations; dirichlet and label splits) and over rounds "
+            "(common initialization), with the time per round and the fusion time as the clients grow",
+            {"tiny": {"clients": 3, "rounds": 2, "widths": [32], "alpha": 0.5, "oneshot_epochs": 1,
+                      "n_train": 1500, "n_test": 500, "scale": [3, 6]},
+             "quick": {"clients": 10, "rounds": 5, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 2,
+                       "n_test": 5000, "scale": [10, 30, 100]},
+             "full": {"clients": 10, "rounds": 30, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 5,
+                      "scale": [10, 30, 100]}})
+def fed_fusion(ctx: Run) -> None:
+    from ..flower import FedFusion, simulate
+    from ..training import train
+    s = ctx.settings
+    test = ctx.data("test")
+    # one-shot: each client trains from its own initialization; the server fuses once (the same client
+    # models for every method: the round runs once and the strategy's aggregation is applied three ways)
+    rows = []
+    for split in ("dirichlet", "labels"):
+        h = simulate(_settings(ctx, split=split, independent_init=True, local_epochs=s["oneshot_epochs"]),
+                     method="average", rounds=1, num_clients=s["clients"])
+        models, weights = h.clients
+        template = build_for("mlp", test, widths=s["widths"])
+        accs = {}
+        for m in METHODS:
+            fused = FedFusion(template, method=m).fuse(list(models), list(weights))
+            accs[m] = evaluate(fused, test)["accuracy"]
+        clients = [evaluate(m, test)["accuracy"] for m in models]
+        rows.append([split, sum(clients) / len(clients), *[accs[m] for m in METHODS],
+                     accs["wasserstein"] - accs["average"]])
+        ctx.results.setdefault("one_shot", {})[split] = {"clients_mean": sum(clients) / len(clients), **accs}
+        ctx.log(f"one-shot {split}: " + ", ".join(f"{LABEL[m]} {100 * accs[m]:.1f}%" for m in METHODS))
+    ctx.table(f"One-shot federated fusion ({s['clients']} clients from different initializations)",
+              ["split", "clients' mean accuracy", *[f"{LABEL[m]} accuracy" for m in METHODS],
+               "FedWB - FedAvg (accuracy points)"], rows)
+
+    # over rounds: a common initialization, one local epoch per round
+    curves, rows = {}, []
+    central = build_for("mlp", test, seed=0, widths=s["widths"])
+    train(central, ctx.data("train"), epochs=s["rounds"], seed=0, progress=False)
+    target = 0.85 * evaluate(central, test)["accuracy"]
+    for m in METHODS:
+        h = simulate(_settings(ctx, split="dirichlet"), method=m, rounds=s["rounds"], num_clients=s["clients"])
+        curves[m] = h.accuracy
+        reach = next((r for r in sorted(h.accuracy) if h.accuracy[r] >= target), None)
+        fusion = sum(v.get("fusion", 0) for v in h.seconds.values()) / max(1, len(h.seconds))
+        rows.append([LABEL[m], h.accuracy[s["rounds"]], max(h.accuracy.values()),
+                     reach if reach is not None else f"> {s['rounds']}", fusion])
+        ctx.results.setdefault("rounds", {})[m] = {"accuracy": h.accuracy, "seconds": h.seconds}
+        ctx.log(f"{LABEL[m]}: final {100 * h.accuracy[s['rounds']]:.1f}%, 85% of centralized at round {reach}")
+    ctx.results["centralized_accuracy"] = target / 0.85
+    ctx.table(f"Over rounds ({s['clients']} clients, dirichlet {s['alpha']}, common initialization, one local "
+              f"epoch per round; centralized model {100 * target / 0.85:.1f}%, 85% of it {100 * target:.1f}%)",
+              ["method", "final accuracy", "best accuracy", "rounds to 85% of centralized", "fusion s per round"],
+              rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, acc in curves.items():
+        ax.plot(sorted(acc), [100 * acc[r] for r in sorted(acc)], marker="o", label=LABEL[m])
+    ax.axhline(100 * target, color="gray", ls="--", lw=1, label="85% of centralized")
+    ax.set(xlabel="round", ylabel="global model test accuracy (%)", title="Federated fusion over rounds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, ctx.figure("accuracy_per_round.png"))
+
+    # scale: one round with many clients; fusion time as the number of models grows
+    rows = []
+    for k in s["scale"]:
+        t0 = time.perf_counter()
+        h = simulate(_settings(ctx, split="iid"), method="wasserstein", rounds=1, num_clients=k)
+        wall = time.perf_counter() - t0
+        sec = h.seconds.get(1, {})
+        models, weights = h.clients
+        t1 = time.perf_counter()
+        FedFusion(build_for("mlp", test, widths=s["widths"]), method="wasserstein").fuse(list(models), list(weights))
+        fuse_s = time.perf_counter() - t1
+        round_s = sec.get("round", float("nan"))
+        other = round_s - sec.get("fusion", 0.0) - sec.get("clients", 0.0) / max(1, torch.get_num_threads())
+        rows.append([k, wall, round_s, sec.get("clients", float("nan")), fuse_s, other])
+        ctx.results.setdefault("scale", {})[k] = {"wall": wall, **sec, "fusion_alone": fuse_s}
+        ctx.log(f"{k} clients: round {round_s:.1f} s, fusion {fuse_s:.2f} s")
+    ctx.table("One round with K clients (iid shards, FedWB): time split", [
+        "clients", "simulation wall s (Ray start included)", "round s", "client training s (sum over clients)",
+        "fusion s", "rest of the round s (communication, scheduling)"], rows)
