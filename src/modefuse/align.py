@@ -139,7 +139,7 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
                 continue
             solved_at[g] = seen
             if inner[g]:
-                gain = _block_step(g, inner[g], spec, ref_rows, ref, state, perms, term, axes_of)
+                gain = _block_step(g, inner[g], spec, ref, state, perms, term, axes_of)
                 if gain:
                     improved, sweep_gain = True, sweep_gain + gain
                     for h in (g, *inner[g]):
@@ -160,7 +160,7 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
     return perms, history
 
 
-def _block_step(g, inner, spec, ref_rows, ref, state, perms, term, axes_of) -> float:
+def _block_step(g, inner, spec, ref, state, perms, term, axes_of) -> float:
     """Solve outer group `g` (attention heads) with its inner groups; apply and return the gain, or 0."""
     shared = {e for entries in inner.values() for e in entries}
     n = spec.sizes[g]

@@ -134,32 +134,38 @@ class Trace:
         return run
 
 
-    def layers(self) -> list[tuple[str, str | None, str, int, int]]:
-        """The linear and convolution layers of the graph: (weight key, bias key or None, node name,
-        the output's unit axis, the weight's output axis)."""
+    def layers(self) -> list["Layer"]:
+        """The linear, convolution and addmm layers of the graph whose weight is a parameter, in graph order."""
         params = self.program.graph_signature.inputs_to_parameters
         out = []
         for node in self.program.graph.nodes:
             kind = _layer_kind(node)
             if kind is None:
                 continue
-            w_arg, b_arg = (node.args[2], node.args[0]) if kind == "addmm" else (node.args[1], _opt(node, 2))
+            (x, w_arg), b_arg = ((node.args[1], node.args[2]), node.args[0]) if kind == "addmm" else (
+                (node.args[0], node.args[1]), _opt(node, 2))
             key = params.get(getattr(w_arg, "name", None))
-            if key is None:
-                continue
-            bias = params.get(getattr(b_arg, "name", None))
-            out.append((key, bias, node.name, 1 if kind == "conv" else -1, 1 if kind == "addmm" else 0))
+            if key is not None:
+                out.append(Layer(key, params.get(getattr(b_arg, "name", None)), node.name, x.name,
+                                 1 if kind == "conv" else -1, 1 if kind == "addmm" else 0, kind))
         return out
 
     def layer_inputs(self) -> list[tuple[str, str, int]]:
         """(weight key, input node name, the input's unit axis) of every linear and convolution layer."""
-        params = self.program.graph_signature.inputs_to_parameters
-        out = []
-        for node in self.program.graph.nodes:
-            kind = _layer_kind(node)
-            if kind in ("linear", "conv") and node.args[1].name in params:
-                out.append((params[node.args[1].name], node.args[0].name, 1 if kind == "conv" else -1))
-        return out
+        return [(la.weight, la.input, la.axis) for la in self.layers() if la.kind in ("linear", "conv")]
+
+
+class Layer(NamedTuple):
+    """A layer of an exported graph: its weight and bias keys, the node computing it and the node it reads,
+    the output's unit axis, the weight's output axis, and its kind (linear, conv, addmm)."""
+
+    weight: str
+    bias: str | None
+    node: str
+    input: str
+    axis: int
+    weight_axis: int
+    kind: str
 
 
 def _layer_kind(node) -> str | None:
@@ -573,15 +579,9 @@ def _cache_key(model, args, kwargs, unknown) -> str:
     h.update(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|{unknown}".encode())
     for k, t in model.state_dict().items():
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
-    for a in list(args) + sorted(kwargs.items()):
-        a = a[1] if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str) else a
+    for a in [*args, *sorted(kwargs), *(kwargs[k] for k in sorted(kwargs))]:
         h.update(f"{tuple(a.shape)}:{a.dtype};".encode() if isinstance(a, torch.Tensor) else repr(a).encode())
     return h.hexdigest()
-
-
-def trace_model(model: nn.Module, example_input) -> Trace:
-    args, kwargs = _as_args(example_input)
-    return Trace(model, args, kwargs)
 
 
 def _as_args(example_input) -> tuple[tuple, dict]:

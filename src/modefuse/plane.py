@@ -119,23 +119,22 @@ def _cache_first_layer(blend: Blender, endpoints, cached, max_bytes: int = 512 *
     except Exception:  # untraceable models are evaluated point by point
         return None
     layers = trace.layers()
-    if not layers or not isinstance(model.get_submodule(layers[0][0].rpartition(".")[0]),
+    if not layers or not isinstance(model.get_submodule(layers[0].weight.rpartition(".")[0]),
                                     (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return None
-    key, bias, node_name, _, _ = layers[0]
+    key, bias, node_name = layers[0].weight, layers[0].bias, layers[0].node
     params = trace.program.graph_signature.inputs_to_parameters
     for n in trace.program.graph.nodes:  # a weighted op before the first layer: no cache
         if n.name == node_name:
             break
         if n.op == "call_function" and any(params.get(a.name) not in (None, key, bias) for a in n.all_input_nodes):
             return None
-    node = next(n for n in trace.program.graph.nodes if n.name == node_name)
     target = key.rpartition(".")[0]
     feeds: dict[int, object] = {}
 
     def feed(x):
         if len(x) not in feeds:
-            feeds[len(x)] = trace.tap(model, [node.args[0].name], len(x))
+            feeds[len(x)] = trace.tap(model, [layers[0].input], len(x))
         return feeds[len(x)](x)
 
     outputs = []

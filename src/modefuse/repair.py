@@ -38,10 +38,10 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     trace = spec.trace
     # the layers whose outputs are hidden units of a group: (weight, bias, node, group, unit axis, weight's out axis)
     layers = []
-    for key, bias, node_name, axis, w_axis in trace.layers():
-        group = next((g for a, g in spec.axes_of.get(key, []) if a == w_axis), None)
-        if group is not None and spec.layout(group, key, w_axis) == Layout():
-            layers.append((key, bias, node_name, group, axis, w_axis))
+    for la in trace.layers():
+        group = next((g for a, g in spec.axes_of.get(la.weight, []) if a == la.weight_axis), None)
+        if group is not None and spec.layout(group, la.weight, la.weight_axis) == Layout():
+            layers.append((la.weight, la.bias, la.node, group, la.axis, la.weight_axis))
     if not layers:
         return reset_bn(out, data, limit=limit)
     axes = {n: a for _, _, n, _, a, _ in layers}

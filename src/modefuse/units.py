@@ -48,9 +48,6 @@ class UnitVars:
             v = self.parent[v]
         return v
 
-    def is_fixed(self, v: int) -> bool:
-        return self.find(v) == FIXED
-
     def union(self, a: int, b: int) -> bool:
         """Join `a` and `b`; False when their sizes differ (the caller names the node)."""
         ra, rb = self.find(a), self.find(b)
