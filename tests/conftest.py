@@ -3,6 +3,7 @@ MODEFUSE_SKIP_DATA_TESTS=1, as `make test-no-data` sets, skips it)."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ import torch
 import modefuse as mf
 from modefuse.trained import trained
 
+
+# specs cached on disk by one test run must not leak into another, nor a developer's cache into tests
+os.environ["MODEFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="modefuse-test-cache-")
 
 SKIP_DATA_TESTS = os.environ.get("MODEFUSE_SKIP_DATA_TESTS", "") not in ("", "0")
 

@@ -101,6 +101,8 @@ def test_real_model_spec_moves_nearly_everything_and_keeps_the_function(name):
     torch.manual_seed(0)
     model = _randomize(build())
     spec = mf.infer_spec(model, x, outputs=outputs)
+    again = mf.PermutationSpec.from_json(spec.to_json())  # the spec as a file: exactly the same data
+    assert again == spec and again.unit_nodes == spec.unit_nodes and again.sizes == spec.sizes
     state = model.state_dict()
     floats = {k: v for k, v in state.items() if v.is_floating_point()}
     moved = {k for axes in spec.groups.values() for k, _ in axes}

@@ -25,6 +25,8 @@ def assert_permutation_invariant(model, x, seed=0):
     model = _randomize_norm_stats(model).eval()
     spec = mf.infer_spec(model, x[:2])
     assert spec.groups, "no hidden units found"
+    again = mf.PermutationSpec.from_json(spec.to_json())
+    assert again == spec and again.unit_nodes == spec.unit_nodes and again.sizes == spec.sizes
     perms = random_perms(spec, seed)
     assert all((p != torch.arange(len(p))).any() for p in perms.values() if len(p) > 2)
     state = model.state_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+import weakref
 from collections import OrderedDict
 from typing import Any, NamedTuple, Sequence
 
@@ -20,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import rules as _rules
+from . import speccache
 from .dims import Axis, Cat, axis_size, fixed, plain, positions, variables
 from .errors import SpecInferenceError
 from .spec import Layout, PermutationSpec
@@ -58,12 +60,31 @@ class _Refused(Exception):
 class Trace:
     """A model's exported program and the maps between its graph and the model's state_dict."""
 
-    def __init__(self, model: nn.Module, args: tuple, kwargs: dict):
+    def __init__(self, model: nn.Module, args: tuple, kwargs: dict, lazy: bool = False):
+        """`lazy`: export on first use of the graph (a spec from the on-disk cache needs none for weights)."""
         self.args, self.kwargs = args, kwargs
         self.type = type(model)
         self.programs: dict[int, torch.export.ExportedProgram] = {}
-        self.program = self._export(model, args, kwargs)
-        self.programs[_batch_of(args, kwargs)] = self.program
+        self._model = weakref.ref(model)
+        if not lazy:
+            self.program  # noqa: B018 (export now)
+
+    @property
+    def program(self) -> torch.export.ExportedProgram:
+        """The program exported on the example input."""
+        batch = _batch_of(self.args, self.kwargs)
+        if batch not in self.programs:
+            model = self._model()
+            if model is None:
+                raise SpecInferenceError(f"the {self.type.__name__} this trace was made for is gone; call "
+                                         f"infer_spec on the model again")
+            self.programs[batch] = self._export(model, self.args, self.kwargs)
+        return self.programs[batch]
+
+    def bind(self, model: nn.Module) -> "Trace":
+        """Export from `model` (same architecture) if the graph is still to be made."""
+        self._model = weakref.ref(model)
+        return self
 
     @staticmethod
     def _export(model, args, kwargs):
@@ -528,14 +549,14 @@ def _resolve(w: Walker, aliases: dict[str, list[str]]) -> PermutationSpec:
                            unit_nodes=unit_nodes)
 
 
-def _warn_pinned(w: Walker) -> None:
-    """Say where units a layer produces were left fixed because an op does not commute with moving them."""
-    seen = set()
+def _pinned(w: Walker) -> list[str]:
+    """Where units a layer produces were left fixed because an op does not commute with moving them."""
+    seen, out = set(), []
     for node_name, why, vs in w.notes:
         if any(w.uv.marked[v] for v in vs) and why not in seen:
             seen.add(why)
-            warnings.warn(f"modefuse: some hidden units stay fixed (not permuted) at node {node_name!r}: {why}",
-                          stacklevel=3)
+            out.append(f"modefuse: some hidden units stay fixed (not permuted) at node {node_name!r}: {why}")
+    return out
 
 
 def _fit(lab: np.ndarray, n: int) -> Layout | None:
@@ -577,6 +598,8 @@ def _cache_key(model, args, kwargs, unknown) -> str:
     """Same class, same module tree and hyper-parameters, same tensor shapes, same input shapes."""
     h = hashlib.sha1()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|{unknown}".encode())
+    for op, fn in _rules.RULES.items():  # a rule registered since changes what is inferred
+        h.update(f"{op}:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)};".encode())
     for k, t in model.state_dict().items():
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
     for a in [*args, *sorted(kwargs), *(kwargs[k] for k in sorted(kwargs))]:
@@ -601,7 +624,8 @@ def infer_spec(model: nn.Module, example_input, unknown: str = "error",
     follows where they are instead of raising. `outputs`: the positions, among the model's flattened
     outputs, whose values permutations must keep (default all; a Hugging Face encoder-decoder also
     returns the encoder's hidden states: outputs=[0] keeps only the logits, so that the encoder's
-    residual stream can move). Specs are cached per architecture and input shape.
+    residual stream can move). Specs are cached per architecture and input shape, in memory and on disk
+    (`speccache`: the next process skips the export).
     """
     if unknown not in ("error", "fix"):
         raise ValueError(f"unknown must be 'error' or 'fix', got {unknown!r}")
@@ -611,16 +635,26 @@ def infer_spec(model: nn.Module, example_input, unknown: str = "error",
         _CACHE.move_to_end(key)
         spec, trace = _CACHE[key]
     else:
-        trace = Trace(model, args, kwargs)
-        state_keys = set(model.state_dict())
-        aliases = _aliases(model, state_keys)
-        w = Walker(trace, state_keys, unknown, aliases, None if outputs is None else set(outputs))
-        w.run()
-        spec = _resolve(w, aliases)
-        _warn_pinned(w)
+        disk_key = speccache.entry_key(key, model)
+        cached = speccache.load(disk_key)
+        if cached is not None:
+            spec, notes = cached
+            trace = Trace(model, args, kwargs, lazy=True)
+        else:
+            trace = Trace(model, args, kwargs)
+            state_keys = set(model.state_dict())
+            aliases = _aliases(model, state_keys)
+            w = Walker(trace, state_keys, unknown, aliases, None if outputs is None else set(outputs))
+            w.run()
+            spec, notes = _resolve(w, aliases), _pinned(w)
+            speccache.store(disk_key, spec, notes)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
         _CACHE[key] = spec, trace
         if len(_CACHE) > 32:
             _CACHE.popitem(last=False)
+    if not trace.programs:
+        trace.bind(model)
     spec = spec.copy()
     spec.trace = trace
     return spec.check(model.state_dict())

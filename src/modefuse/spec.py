@@ -9,6 +9,7 @@ read this data; `infer_spec` builds it from any module through `torch.export`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
@@ -36,6 +37,7 @@ class Layout(NamedTuple):
 
 
 PLAIN = Layout()
+SPEC_FORMAT = "modefuse-spec/1"
 
 
 @dataclass
@@ -103,6 +105,34 @@ class PermutationSpec:
                     raise ModefuseError(f"spec group {g!r} has {n} units but axis {a} of {k!r} (size {size}, "
                                         f"layout {tuple(lay)}) does not fit them")
         return self
+
+    def to_json(self) -> str:
+        """The spec as JSON text (the trace it was read from is left out); `from_json` reads it back."""
+        return json.dumps({
+            "format": SPEC_FORMAT,
+            "groups": {g: [[k, a] for k, a in axes] for g, axes in self.groups.items()},
+            "layouts": [[g, k, a, list(lay)] for (g, k, a), lay in self.layouts.items()],
+            "sizes": self.sizes,
+            "contracted": None if self.contracted is None else sorted([k, a] for k, a in self.contracted),
+            "unit_nodes": {g: [[n, a] for n, a in nodes] for g, nodes in self.unit_nodes.items()},
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PermutationSpec":
+        """The spec written by `to_json` (or by hand in its format); raises naming what is malformed."""
+        try:
+            d = json.loads(text)
+            if d.get("format") != SPEC_FORMAT:
+                raise ValueError(f"format is {d.get('format')!r}, expected {SPEC_FORMAT!r}")
+            contracted = d.get("contracted")
+            return cls({g: [(k, a) for k, a in axes] for g, axes in d["groups"].items()},
+                       {(g, k, a): Layout(*lay) for g, k, a, lay in d.get("layouts", [])},
+                       {g: int(n) for g, n in d.get("sizes", {}).items()},
+                       None if contracted is None else {(k, a) for k, a in contracted},
+                       {g: [(n, a) for n, a in nodes] for g, nodes in d.get("unit_nodes", {}).items()})
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ModefuseError(f"not a modefuse permutation spec: {type(e).__name__}: {e}; write one with "
+                                f"spec.to_json()") from None
 
     def __repr__(self) -> str:
         lines = [f"PermutationSpec({len(self.groups)} groups)"]
