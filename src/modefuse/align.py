@@ -25,10 +25,12 @@ from .errors import ModefuseError
 from .infer import infer_spec
 from .models import example_input as zoo_example_input
 from .probe import input_second_moments, unit_correlations
+from .progress import bar
 from .solvers import assignment
 from .spec import PermutationSpec
 from .statedict import check_finite, check_same_architecture
-from .transport import permute, permute_tensor, unit_rows
+from .scoreterms import ScoreTerms
+from .transport import permute_tensor
 
 METHODS = ("weight", "activation", "weight_cov")
 
@@ -82,33 +84,43 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
                 targets[key] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
         perms, history = weight_matching(spec, targets, state, seed=seed, max_sweeps=max_sweeps, tol=tol,
                                          ref_inputs=ref_state if method == "weight_cov" else None)
-    aligned = copy.deepcopy(model)
-    aligned.load_state_dict(permute(state, spec, perms))
-    return Alignment(aligned, perms, spec, method, history)
+    return Alignment(permuted_copy(model, spec, perms), perms, spec, method, history)
+
+
+def permuted_copy(model: nn.Module, spec: PermutationSpec, perms: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of `model` with `perms` applied: each permuted tensor is made once, in place of its copy."""
+    axes_of = spec.axes_of
+    memo: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for k, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+            if k in axes_of and id(t) not in memo:
+                new = permute_tensor(t.detach(), k, axes_of[k], spec, perms)
+                memo[id(t)] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
+    return copy.deepcopy(model, memo)
 
 
 def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                     seed: int = 0, max_sweeps: int = 100, tol: float = 0.0,
                     init: Mapping[str, torch.Tensor] | None = None,
-                    ref_inputs: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
+                    ref_inputs: Mapping[str, torch.Tensor] | None = None,
+                    progress: bool = False) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep.
+
+    `ref` and `state` may be checkpoints read on access (`LazyState`): then no tensor is kept.
+    `progress`: a bar per sweep (on a terminal), for models whose sweeps take minutes.
 
     Stops after a sweep that changes no permutation or, with `tol` > 0, raises the objective by
     less than `tol` times its value (the last sweeps of exact convergence move it by ~1e-4 each).
 
     Exact coordinate descent, with the work that cannot change the answer left out: each tensor's
-    score term is recomputed only when a permutation it depends on has changed, and a group whose
-    neighbours kept their permutations since its last solve keeps its own (same score matrix).
+    score term is kept and refreshed where a permutation it depends on changed (`ScoreTerms`), and a
+    group whose neighbours kept their permutations since its last solve keeps its own (same score).
     """
-    device = next(iter(state.values())).device
+    device = next(iter(state.values())).device if isinstance(state, dict) else torch.device("cpu")
     perms = {g: (init[g].clone() if init and g in init else torch.arange(n, device=device))
              for g, n in spec.sizes.items()}
     axes_of = spec.axes_of
-    # `ref_inputs`: the reference used on axes that contract units (covariance-weighted matching weights
-    # only the axes that hold them, where the weighted objective stays linear in the permutation)
-    ref_rows = {(g, k, a): unit_rows((ref_inputs if ref_inputs is not None and spec.is_input(k, a, ref[k].dim())
-                                      else ref)[k].float(), spec, g, k, a)
-                for g, axes in spec.groups.items() for k, a in axes}
+    terms = ScoreTerms(spec, ref, state, ref_inputs)
     # the groups each entry's score depends on (the other permuted axes of its tensor)
     depends = {(g, k, a): {h for ax, h in axes_of[k] if (ax, h) != (a, g)} for g, axes in spec.groups.items()
                for k, a in axes}
@@ -117,38 +129,31 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
     for g, hs in inner.items():
         neighbours[g] = (neighbours[g] | set().union(*(neighbours[h] for h in hs))) - {g}
     version = dict.fromkeys(spec.groups, 0)  # bumped whenever a group's permutation changes
-    terms: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # entry -> (versions it was computed at, term)
-
-    def term(g, k, a):
-        seen = tuple(version[h] for h in sorted(depends[(g, k, a)]))
-        if (g, k, a) not in terms or terms[(g, k, a)][0] != seen:
-            others = permute_tensor(state[k].float(), k, axes_of[k], spec, perms, skip={(a, g)})
-            terms[(g, k, a)] = seen, ref_rows[(g, k, a)] @ unit_rows(others, spec, g, k, a).T
-        return terms[(g, k, a)][1]
 
     solved_at: dict[str, dict[str, int]] = {}
     rng = np.random.default_rng(seed)
     names = list(spec.groups)
     objective = _objective(spec, ref, state, perms)
     history: list[float] = []
-    for _ in range(max_sweeps):
+    for sweep in range(max_sweeps):
         improved, sweep_gain = False, 0.0
-        for g in rng.permutation(names):
+        for g in bar(rng.permutation(names), desc=f"weight matching, sweep {sweep + 1}", unit="group",
+                     enabled=progress):
             seen = {h: version[h] for h in neighbours[g]}
             if solved_at.get(g) == seen:  # same score matrix as at its last solve: same answer
                 continue
             solved_at[g] = seen
             if inner[g]:
-                gain = _block_step(g, inner[g], spec, ref, state, perms, term, axes_of)
+                gain = _block_step(g, inner[g], spec, ref, state, perms, terms, axes_of)
                 if gain:
                     improved, sweep_gain = True, sweep_gain + gain
                     for h in (g, *inner[g]):
                         version[h] += 1
                 continue
-            score = sum(term(g, k, a) for k, a in spec.groups[g])
+            score = terms.score(g, perms)
             new = assignment(score)
             idx = torch.arange(len(new), device=score.device)
-            gain = (score[idx, new].sum() - score[idx, perms[g]].sum()).item()
+            gain = (score[idx, new].double().sum() - score[idx, perms[g]].double().sum()).item()
             if gain > 1e-9 * max(1.0, abs(score[idx, perms[g]].sum().item())):
                 perms[g], improved = new, True
                 version[g] += 1
@@ -160,12 +165,10 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
     return perms, history
 
 
-def _block_step(g, inner, spec, ref, state, perms, term, axes_of) -> float:
+def _block_step(g, inner, spec, ref, state, perms, terms, axes_of) -> float:
     """Solve outer group `g` (attention heads) with its inner groups; apply and return the gain, or 0."""
     shared = {e for entries in inner.values() for e in entries}
-    n = spec.sizes[g]
-    plain = sum((term(g, k, a) for k, a in spec.groups[g] if (k, a) not in shared),
-                torch.zeros(n, n, device=perms[g].device))
+    plain = terms.score(g, perms, [(k, a) for k, a in spec.groups[g] if (k, a) not in shared])
     scores = {}
     for h, entries in inner.items():
         scores[h] = sum(pair_scores(spec, g, h, k, a, ref[k].float(), permute_tensor(
@@ -179,8 +182,12 @@ def _block_step(g, inner, spec, ref, state, perms, term, axes_of) -> float:
 
 
 def _objective(spec, ref, state, perms) -> float:
-    permuted = permute(state, spec, perms)
-    return float(sum((ref[k].float() * permuted[k].float()).sum() for k in spec.axes_of))
+    axes_of = spec.axes_of
+    moved = {g for g, p in perms.items() if not torch.equal(p, torch.arange(len(p), device=p.device))}
+    return float(sum(torch.dot(ref[k].double().flatten(), (permute_tensor(state[k], k, axes, spec, perms) if
+                                                          moved.intersection(g for _, g in axes) else
+                                                          state[k]).double().flatten())
+                     for k, axes in axes_of.items()))
 
 
 def example_for(model: nn.Module, example_input=None, data=None):

@@ -124,11 +124,12 @@ def cmd_eval(args) -> int:
 
 
 def _align_args(p):
-    p.add_argument("reference", help="checkpoint of the reference model A")
-    p.add_argument("model", help="checkpoint of the model B to permute toward A")
+    p.add_argument("reference", help="checkpoint of the reference model A (or a Hugging Face model folder)")
+    p.add_argument("model", help="checkpoint of the model B to permute toward A (or a Hugging Face model folder)")
     p.add_argument("--method", default="weight", choices=["weight", "activation", "weight_cov"])
     p.add_argument("--seed", type=T.seed, default=0)
-    p.add_argument("--out", type=T.output_file, required=True, help="where to write B permuted toward A (.safetensors)")
+    p.add_argument("--out", required=True, help="where to write B permuted toward A (.safetensors; a folder for "
+                                                "folders: streamed, neither model is loaded whole)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -137,6 +138,16 @@ def cmd_align(args) -> int:
     import torch
 
     import modefuse as mf
+    if _folders(args.reference, args.model):
+        if args.method != "weight":
+            raise UsageError(f"folders are aligned by weight matching, streamed; --method {args.method} needs the "
+                             f"models in memory: load them (from_pretrained) and use mf.align")
+        if Path(args.out).is_file():
+            raise UsageError(f"--out {args.out} is a file; name the folder to write")
+        from . import hf
+        _report(args, hf.describe(hf.align_folders(args.reference, args.model, args.out, seed=args.seed)))
+        return 0
+    _output_file(args.out)
     a, b = mf.load(args.reference), mf.load(args.model)
     data = _load_data(args, "train", a) if args.method != "weight" else None
     res = mf.align(a, b, method=args.method, data=data, seed=args.seed)
@@ -146,6 +157,24 @@ def cmd_align(args) -> int:
     _report(args, {"out": args.out, "method": args.method, "groups": len(res.perms),
                    "units_moved": sum(moved.values()), "sweeps": len(res.history)})
     return 0
+
+
+def _folders(*paths) -> bool:
+    """Whether the inputs are Hugging Face folders (all of them; a mix is refused)."""
+    from .hf import is_folder
+    kinds = [is_folder(p) for p in paths]
+    if any(kinds) and not all(kinds):
+        odd = paths[kinds.index(False)]
+        raise UsageError(f"{odd} is not a Hugging Face model folder while the others are; give folders only "
+                         f"(config.json + *.safetensors) or checkpoint files only")
+    return all(kinds)
+
+
+def _output_file(text: str) -> None:
+    try:
+        T.output_file(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--out: {e}") from None
 
 
 def _interp_args(p):
@@ -192,16 +221,17 @@ def _fuse_args(p):
     p.add_argument("--weights", type=T.nonneg_float_list,
                    help="model weights lambda_i, one per checkpoint, comma separated (default uniform)")
     p.add_argument("--eps", type=T.positive_float, help="Sinkhorn regularization (relative); default exact OT")
-    p.add_argument("--cost", default="activation", choices=["weight", "activation"],
+    p.add_argument("--cost", choices=["weight", "activation"],
                    help="compare units by their activations on training images (default), or by their weights "
-                        "(the papers' cost, no data)")
+                        "(the papers' cost, no data; the only one for Hugging Face folders)")
     p.add_argument("--outgoing", action=argparse.BooleanOptionalAction, default=True,
                    help="with --cost weight: compare outgoing weights too (default; --no-outgoing: the papers' cost)")
     p.add_argument("--finetune", type=T.nonneg_int, default=0, metavar="EPOCHS",
                    help="fine-tune the fused model (Adam)")
     p.add_argument("--repair", action="store_true", help="apply REPAIR to the fused model")
     p.add_argument("--plot-couplings", type=T.png_file, metavar="PNG", help="heat maps of the couplings")
-    p.add_argument("--out", type=T.output_file, required=True, help="fused checkpoint to write (.safetensors)")
+    p.add_argument("--out", required=True, help="fused checkpoint to write (.safetensors; a folder for Hugging "
+                                                "Face folders)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -218,6 +248,20 @@ def cmd_fuse(args) -> int:
                              f"give one per checkpoint")
         if sum(weights) <= 0:
             raise UsageError("--weights must have a positive sum")
+    if _folders(*args.checkpoints):
+        if args.finetune or args.repair or args.cost == "activation" or args.plot_couplings:
+            raise UsageError("folders are fused from their weights alone here: --finetune, --repair, --cost "
+                             "activation and --plot-couplings need data the model takes; use mf.fuse")
+        if Path(args.out).is_file():
+            raise UsageError(f"--out {args.out} is a file; name the folder to write")
+        from . import hf
+        fus = hf.fuse_folders(args.checkpoints, args.out, method=args.method, weights=weights, widths=widths,
+                              eps=args.eps, cost="weight", outgoing=args.outgoing, progress=True)
+        _report(args, {"out": args.out, "method": args.method, "models": len(args.checkpoints),
+                       "groups": len(fus.couplings)})
+        return 0
+    _output_file(args.out)
+    args.cost = args.cost or "activation"
     models = [mf.load(c) for c in args.checkpoints]
     test = _load_data(args, "test", models[0])
     needs_train = args.finetune or args.repair or (args.cost == "activation" and args.method != "average")

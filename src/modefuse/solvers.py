@@ -12,12 +12,15 @@ from scipy.optimize import linear_sum_assignment
 
 def assignment(score: torch.Tensor, maximize: bool = True) -> torch.Tensor:
     """The permutation `perm` maximizing (or minimizing) sum_i score[i, perm[i]] (scipy's exact LAP solver)."""
-    s = score.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(s).all():
+    cost = score.detach().to("cpu", torch.float64, copy=True).numpy()  # the one copy: worked on in place
+    if not np.isfinite(cost).all():
         raise ValueError("the assignment cost has NaN or infinite entries (NaN weights or activations?)")
     # Subtracting row and column extremes leaves the optimal assignment unchanged and gives the
     # augmenting-path solver a zero in most rows to start from (about 20% faster on dense scores).
-    cost = s.max() - s if maximize else s - s.min()
+    if maximize:
+        np.subtract(cost.max(), cost, out=cost)
+    else:
+        cost -= cost.min()
     cost -= cost.min(axis=1, keepdims=True)
     cost -= cost.min(axis=0, keepdims=True)
     rows, cols = linear_sum_assignment(cost)

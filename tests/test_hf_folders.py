@@ -1,0 +1,150 @@
+"""Hugging Face folders: aligned streamed (neither model loaded whole), fused, and every way it can go wrong."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+import transformers
+
+import modefuse as mf
+from modefuse import hf, lazystate
+from modefuse.cli import main
+from modefuse.transport import random_perms
+
+weight_matching = sys.modules["modefuse.align"].weight_matching
+
+
+def _gpt2(layers=2, seed=0):
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=layers, n_head=4, vocab_size=300, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _planted(model, seed=3):
+    """`model` with random permutations planted in its hidden units (the same function)."""
+    skel = copy.deepcopy(model)
+    skel.config.use_cache = False
+    spec = mf.infer_spec(skel, {"input_ids": torch.ones(1, 8, dtype=torch.long)})
+    out = copy.deepcopy(model)
+    out.load_state_dict(mf.permute(model.state_dict(), spec, random_perms(spec, seed)))
+    return out
+
+
+@pytest.fixture
+def gpt2_folders(tmp_path):
+    a = _gpt2()
+    b = _planted(a)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b", max_shard_size="100KB")  # sharded, with an index
+    (tmp_path / "b" / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    (tmp_path / "b" / "pytorch_model.bin").write_bytes(b"stale pickled weights")  # never copied
+    return tmp_path, a, b
+
+
+def test_streamed_alignment_undoes_a_planted_permutation_and_writes_a_loadable_folder(gpt2_folders):
+    tmp, a, b = gpt2_folders
+    res = hf.align_folders(tmp / "a", tmp / "b", tmp / "c", tol=0, progress=False)
+    assert len(list((tmp / "b").glob("*.safetensors"))) > 1
+    names = sorted(p.name for p in (tmp / "c").iterdir())
+    assert names == sorted(p.name for p in (tmp / "b").iterdir() if p.name != "pytorch_model.bin")
+    c = transformers.GPT2LMHeadModel.from_pretrained(tmp / "c").eval()
+    for k, v in a.state_dict().items():  # lm_head is tied to wte: stored once, moved with it
+        assert torch.equal(c.state_dict()[k], v), k
+    x = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(c(input_ids=x).logits, b(input_ids=x).logits, atol=1e-5)
+    assert res.history and res.spec.groups
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_streamed_weight_matching_equals_the_in_memory_one(gpt2_folders):
+    tmp, _, _ = gpt2_folders
+    a, b = _gpt2(seed=1), _gpt2(seed=2)  # two different models: a real matching problem
+    a.save_pretrained(tmp / "a2")
+    b.save_pretrained(tmp / "b2", max_shard_size="100KB")
+    skel = hf.skeleton(tmp / "a2")
+    spec = hf._restrict(mf.infer_spec(skel, hf.example_input(skel)[0]), skel, lazystate.LazyState(tmp / "a2"),
+                        tmp / "a2")
+    lazy, _ = weight_matching(spec, lazystate.LazyState(tmp / "a2"), lazystate.LazyState(tmp / "b2"), tol=0)
+    eager, _ = weight_matching(spec, a.state_dict(), b.state_dict(), tol=0)
+    assert all(torch.equal(lazy[g], eager[g]) for g in spec.groups)
+    assert any((p != torch.arange(len(p))).any() for p in lazy.values())
+
+
+def test_vision_folder_is_traced_on_pixels(tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=16, patch_size=4, num_labels=3)
+    torch.manual_seed(0)
+    a = transformers.ViTForImageClassification(cfg).eval()
+    spec = mf.infer_spec(a, {"pixel_values": torch.zeros(1, 3, 16, 16)})
+    b = copy.deepcopy(a)
+    b.load_state_dict(mf.permute(a.state_dict(), spec, random_perms(spec, 1)))
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    hf.align_folders(tmp_path / "a", tmp_path / "b", tmp_path / "c", tol=0, progress=False)
+    c = transformers.ViTForImageClassification.from_pretrained(tmp_path / "c")
+    assert all(torch.equal(c.state_dict()[k], v) for k, v in a.state_dict().items())
+
+
+def test_folders_of_different_architectures_name_the_first_differing_tensor(tmp_path):
+    _gpt2(layers=2).save_pretrained(tmp_path / "a")
+    _gpt2(layers=3).save_pretrained(tmp_path / "b")
+    with pytest.raises(mf.ArchitectureMismatchError, match="transformer.h.2"):
+        hf.align_folders(tmp_path / "a", tmp_path / "b", tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_truncated_shard_is_named(gpt2_folders):
+    tmp, _, _ = gpt2_folders
+    shard = sorted((tmp / "b").glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(mf.CheckpointError, match=shard.name):
+        hf.align_folders(tmp / "a", tmp / "b", tmp / "c", progress=False)
+    assert not (tmp / "c").exists()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, lambda: OSError(28, "No space left on device")])
+def test_an_interruption_or_a_full_disk_leaves_nothing_partial_and_a_rerun_works(gpt2_folders, monkeypatch, failure):
+    tmp, a, _ = gpt2_folders
+    hf.align_folders(tmp / "a", tmp / "b", tmp / "c", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp / "c").iterdir()}
+    real, calls = lazystate.write_streamed, []
+
+    def dies_on_the_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise failure()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "write_streamed", dies_on_the_third_shard)
+    expected = KeyboardInterrupt if failure is KeyboardInterrupt else mf.CheckpointError
+    with pytest.raises(expected, match=None if failure is KeyboardInterrupt else "No space left.*nothing was left"):
+        hf.align_folders(tmp / "a", tmp / "b", tmp / "c", seed=1, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp / "c").iterdir()} == before  # the old result, untouched
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(hf, "write_streamed", real)
+    hf.align_folders(tmp / "a", tmp / "b", tmp / "d", progress=False)  # a rerun works
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp / "d") is not None
+
+
+def test_cli_aligns_and_fuses_folders(gpt2_folders, capsys):
+    tmp, a, b = gpt2_folders
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "c"), "--json"]) == 0
+    assert '"units_moved"' in capsys.readouterr().out
+    c = transformers.GPT2LMHeadModel.from_pretrained(tmp / "c")
+    assert all(torch.equal(c.state_dict()[k], v) for k, v in a.state_dict().items())
+    assert main(["fuse", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "f")]) == 0
+    f = transformers.GPT2LMHeadModel.from_pretrained(tmp / "f")
+    # the two models are one function in two bases: their fusion is that function again
+    x = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(f(input_ids=x).logits, a(input_ids=x).logits, atol=1e-4)
+    assert main(["align", str(tmp / "a"), str(tmp / "b" / "model-00001-of-00007.safetensors"),
+                 "--out", str(tmp / "x")]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--method", "activation", "--out", str(tmp / "x")]) == 2
+    assert "streamed" in capsys.readouterr().err
+    assert main(["fuse", str(tmp / "a"), str(tmp / "b"), "--repair", "--out", str(tmp / "x")]) == 2
+    assert not os.path.exists(tmp / "x")
