@@ -11,7 +11,8 @@ heads); where rebasin cannot run a model, its column says so. "output change" is
 the aligned model's outputs (a permutation must leave them as they were). "modefuse s" is the first alignment of an
 architecture (both spec caches cleared before each run: it exports), "trace s" the export and spec inference within
 it; "cached s" is an alignment in a new process once the architecture's spec is on disk (`speccache`), and "trace"
-the share of spec inference in it. The speed-up is taken on the first-alignment time.
+the share of spec inference in it. "speed-up" is rebasin's time over the first alignment's, "cached" over the
+cached one's.
 
 Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16]
 """
@@ -100,7 +101,9 @@ def main():
     test = mf.data.load("fashion-mnist", "test")
     mlp = [trained(f"runs/bench/mlp512x3_seed{s}.safetensors", "mlp", train, seed=s, epochs=5,
                    model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
-    cases = [("MLP 784-512x3-10 (trained)", mlp, torch.rand(2, 1, 28, 28))]
+    cases = [("MLP 784-512x3-10 (trained)", mlp, torch.rand(2, 1, 28, 28)),
+             ("MLP 784-512x3-10 (init)", [mf.models.build("mlp", widths=[512] * 3, seed=s).eval() for s in (0, 1)],
+              torch.rand(2, 1, 28, 28))]
     widths = (4,) if args.skip_x16 else (4, 16)
     for w in widths:
         pair = [mf.models.build("resnet20", width=w, in_channels=1, seed=s).eval() for s in (0, 1)]
@@ -108,7 +111,7 @@ def main():
     cases += transformers_cases()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mean over {args.repeats} seeds")
     print(f"{'model':28s} {'modefuse s':>10s} {'trace s':>8s} {'cached s':>8s} {'trace':>5s} {'rebasin s':>10s} "
-          f"{'speed-up':>9s} {'objective ours/theirs':>22s} {'output change ours/theirs':>26s} "
+          f"{'speed-up':>9s} {'cached':>7s} {'objective ours/theirs':>22s} {'output change ours/theirs':>26s} "
           f"{'loss barrier ours / theirs / naive':>36s}")
     for label, (a, b), x in cases:
         ours(a, b, x, 0)  # warm-up: tracing machinery, thread pools
@@ -129,7 +132,7 @@ def main():
         if "trained" in label:
             lb = [max(mf.interpolate(a, m, test, progress=False).loss_barrier for m in ms) for ms in (m_ours, m_theirs)]
             barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a, b, test, progress=False).loss_barrier:.3f}"
-        print(f"{head} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {ratio:22.5f} "
+        print(f"{head} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {t_theirs / t_cached:6.1f}x {ratio:22.5f} "
               f"{change:>26s} {barrier:>36s}", flush=True)
 
 

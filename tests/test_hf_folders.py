@@ -148,3 +148,44 @@ def test_cli_aligns_and_fuses_folders(gpt2_folders, capsys):
     assert "streamed" in capsys.readouterr().err
     assert main(["fuse", str(tmp / "a"), str(tmp / "b"), "--repair", "--out", str(tmp / "x")]) == 2
     assert not os.path.exists(tmp / "x")
+
+
+def test_streamed_writer_round_trips_every_dtype_through_safetensors(tmp_path):
+    from safetensors.torch import load_file
+    g = torch.Generator().manual_seed(0)
+    tensors = {"f32": torch.randn(3, 4, generator=g), "bf16": torch.randn(5, generator=g).bfloat16(),
+               "f16": torch.randn(2, 2, 2, generator=g).half(), "i64": torch.arange(7), "b": torch.tensor([True, False]),
+               "scalar": torch.tensor(1.5), "empty": torch.zeros(0, 3)}
+    keys = list(tensors)
+    lazystate.write_streamed(tmp_path / "x.safetensors", keys, {k: tuple(v.shape) for k, v in tensors.items()},
+                             {k: v.dtype for k, v in tensors.items()}, tensors.__getitem__, {"format": "pt"})
+    back = load_file(tmp_path / "x.safetensors")
+    assert set(back) == set(tensors) and all(torch.equal(back[k], v) for k, v in tensors.items())
+    lazy = lazystate.LazyState(tmp_path / "x.safetensors")
+    assert lazy.shapes["f16"] == (2, 2, 2) and lazy.dtypes["bf16"] == torch.bfloat16 and torch.equal(lazy["i64"], tensors["i64"])
+    with pytest.raises(ValueError, match="came back as"):  # a tensor of the wrong shape is refused, nothing written
+        lazystate.write_streamed(tmp_path / "y.safetensors", ["f32"], {"f32": (3, 4)}, {"f32": torch.float32},
+                                 lambda k: torch.zeros(4, 3))
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_the_spec_is_saved_and_a_saved_or_edited_one_is_used(gpt2_folders, capsys):
+    tmp, a, _ = gpt2_folders
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "c"), "--save-spec",
+                 str(tmp / "spec.json")]) == 0
+    spec = mf.PermutationSpec.from_json((tmp / "spec.json").read_text())
+    assert spec.groups
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "d"), "--spec", str(tmp / "spec.json")]) == 0
+    c, d = (transformers.GPT2LMHeadModel.from_pretrained(tmp / n) for n in "cd")
+    assert all(torch.equal(c.state_dict()[k], d.state_dict()[k]) for k in c.state_dict())
+    # an edited spec: the MLP hidden units of block 0 left where they are
+    g = next(g for g, entries in spec.groups.items() if ("transformer.h.0.mlp.c_fc.bias", 0) in entries)
+    edited = mf.PermutationSpec({h: e for h, e in spec.groups.items() if h != g}, spec.layouts,
+                                {h: n for h, n in spec.sizes.items() if h != g}, spec.contracted)
+    (tmp / "edited.json").write_text(edited.to_json())
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "e"), "--spec", str(tmp / "edited.json")]) == 0
+    e = transformers.GPT2LMHeadModel.from_pretrained(tmp / "e")
+    b = transformers.GPT2LMHeadModel.from_pretrained(tmp / "b")
+    assert torch.equal(e.state_dict()["transformer.h.0.mlp.c_fc.bias"], b.state_dict()["transformer.h.0.mlp.c_fc.bias"])
+    assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "f"), "--spec", str(tmp / "nope.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err

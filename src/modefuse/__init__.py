@@ -48,3 +48,7 @@ __all__ += ["PGD", "robust_accuracy", "Curve", "fit_curve", "load_curve", "pam"]
 from .plane import Plane, plane  # noqa: E402
 
 __all__ += ["plane", "Plane"]
+
+from . import hf, lazystate  # noqa: E402  (Hugging Face folders; checkpoints read a tensor at a time)
+
+__all__ += ["hf", "lazystate"]

@@ -130,6 +130,10 @@ def _align_args(p):
     p.add_argument("--seed", type=T.seed, default=0)
     p.add_argument("--out", required=True, help="where to write B permuted toward A (.safetensors; a folder for "
                                                 "folders: streamed, neither model is loaded whole)")
+    p.add_argument("--spec", metavar="JSON", help="a permutation spec to use instead of the inferred one "
+                                                 "(spec.to_json(); edit it, or write one for a model export "
+                                                 "cannot trace)")
+    p.add_argument("--save-spec", metavar="JSON", help="write the spec used, as JSON")
     _add_data_args(p, dataset_default=None)
 
 
@@ -145,12 +149,15 @@ def cmd_align(args) -> int:
         if Path(args.out).is_file():
             raise UsageError(f"--out {args.out} is a file; name the folder to write")
         from . import hf
-        _report(args, hf.describe(hf.align_folders(args.reference, args.model, args.out, seed=args.seed)))
+        res = hf.align_folders(args.reference, args.model, args.out, seed=args.seed, spec=_read_spec(args.spec))
+        _write_spec(args, res.spec)
+        _report(args, hf.describe(res))
         return 0
     _output_file(args.out)
     a, b = mf.load(args.reference), mf.load(args.model)
     data = _load_data(args, "train", a) if args.method != "weight" else None
-    res = mf.align(a, b, method=args.method, data=data, seed=args.seed)
+    res = mf.align(a, b, method=args.method, data=data, seed=args.seed, spec=_read_spec(args.spec))
+    _write_spec(args, res.spec)
     meta = {k: v for k, v in b.checkpoint_metadata.items() if k not in ("arch", "format", "modefuse_version")}
     mf.save(res.model, args.out, **meta, aligned_to=args.reference, alignment_method=args.method)
     moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in res.perms.items()}
@@ -168,6 +175,23 @@ def _folders(*paths) -> bool:
         raise UsageError(f"{odd} is not a Hugging Face model folder while the others are; give folders only "
                          f"(config.json + *.safetensors) or checkpoint files only")
     return all(kinds)
+
+
+def _read_spec(path):
+    if path is None:
+        return None
+    import modefuse as mf
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"--spec {path}: cannot read it ({e.strerror})") from None
+    return mf.PermutationSpec.from_json(text)
+
+
+def _write_spec(args, spec) -> None:
+    if getattr(args, "save_spec", None):
+        from .atomic import write_text
+        write_text(args.save_spec, spec.to_json() + "\n")
 
 
 def _output_file(text: str) -> None:
@@ -477,7 +501,7 @@ class _Parser(argparse.ArgumentParser):
 
 # Positional arguments that name input checkpoints, and options that name files the command writes.
 _INPUTS = ("checkpoint", "reference", "model", "a", "b", "c", "checkpoints")
-_OUTPUTS = ("out", "plot", "plot_couplings")
+_OUTPUTS = ("out", "plot", "plot_couplings", "save_spec")
 
 
 def _check_paths(args) -> None:

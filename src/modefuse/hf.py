@@ -88,11 +88,13 @@ class FolderAlignment:
 
 
 def align_folders(reference: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
-                  max_sweeps: int = 100, tol: float = 1e-3, progress: bool = True) -> FolderAlignment:
+                  max_sweeps: int = 100, tol: float = 1e-3, progress: bool = True,
+                  spec: PermutationSpec | None = None) -> FolderAlignment:
     """Weight-match folder `model` to folder `reference` and write the aligned model to folder `out`.
 
     Neither model is loaded whole: see the module's docstring. `out` appears complete or not at all
-    (written beside it under a temporary name, then renamed); an existing `out` is replaced.
+    (written beside it under a temporary name, then renamed); an existing `out` is replaced. `spec`:
+    a hand-written (or edited) spec in the model's tensor names, for a class export cannot trace.
     """
     from .align import weight_matching
 
@@ -104,9 +106,11 @@ def align_folders(reference: str | os.PathLike, model: str | os.PathLike, out: s
     a, b = LazyState(reference), LazyState(model)
     check_same_architecture(a.meta_tensors(), b.meta_tensors(), str(reference), str(model))
     skel = skeleton(reference)
-    x, outputs = example_input(skel)
-    from .infer import infer_spec
-    spec = _restrict(infer_spec(skel, x, outputs=outputs), skel, a, reference)
+    if spec is None:
+        from .infer import infer_spec
+        x, outputs = example_input(skel)
+        spec = infer_spec(skel, x, outputs=outputs)
+    spec = _restrict(spec, skel, a, reference)
     for name, state in ((reference, a), (model, b)):
         for k in state:  # a tensor at a time
             check_finite({k: state[k]}, str(name))
@@ -158,7 +162,7 @@ def _stored_names(skel: nn.Module) -> dict[str, str]:
     names = {}
     for k, t in state.items():
         out = revert_weight_conversion(skel, {k: t})
-        if len(out) != 1 or tuple(next(iter(out.values())).shape) != tuple(t.shape):
+        if len(out) != 1 or tuple(next(iter(out.values())).shape) != tuple(t.shape):  # not a plain renaming
             raise ModefuseError(f"{type(skel).__name__} stores {k!r} merged with or split from other tensors "
                                 f"(transformers converts its checkpoints on load); load the models with "
                                 f"from_pretrained and use mf.align")
@@ -170,6 +174,7 @@ def _restrict(spec: PermutationSpec, skel: nn.Module, state: LazyState, folder: 
     """The spec in the checkpoint's names, without the tensors it does not store: tied weights (GPT-2's
     lm_head is its embedding) are stored once and move with the one stored."""
     stored, names = set(state), _stored_names(skel)
+    names.update({k: k for k in stored if k not in names})  # a spec already in the stored names is taken as it is
     by_param: dict[int, list[str]] = {}
     for k, p in [*skel.named_parameters(remove_duplicate=False), *skel.named_buffers(remove_duplicate=False)]:
         by_param.setdefault(id(p), []).append(k)

@@ -9,6 +9,7 @@ under a temporary name that becomes the file only once complete.
 """
 from __future__ import annotations
 
+import math
 import json
 import os
 import struct
@@ -93,7 +94,7 @@ class LazyState(Mapping[str, torch.Tensor]):
         return len(self.file_of)
 
     def nbytes(self) -> int:
-        return sum(_numel(s) * _itemsize(self.dtypes[k]) for k, s in self.shapes.items())
+        return sum(math.prod(s) * self.dtypes[k].itemsize for k, s in self.shapes.items())
 
     def meta_tensors(self) -> dict[str, torch.Tensor]:
         """Shape-only stand-ins (meta device) for checks that read shapes."""
@@ -112,7 +113,7 @@ def write_streamed(path: str | os.PathLike, keys: list[str], shapes: Mapping[str
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for k in keys:
-        size = _numel(shapes[k]) * _itemsize(dtypes[k])
+        size = math.prod(shapes[k]) * dtypes[k].itemsize
         header[k] = {"dtype": NAMES[dtypes[k]], "shape": list(shapes[k]), "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -129,12 +130,3 @@ def write_streamed(path: str | os.PathLike, keys: list[str], shapes: Mapping[str
         out.flush()
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

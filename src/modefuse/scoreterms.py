@@ -13,6 +13,7 @@ plain path: permute the tensor, then the product.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Mapping
 
@@ -160,17 +161,18 @@ class ScoreTerms:
             shape[ax] = len(idx)
             t = torch.index_select(t, ax, idx, out=self._work("gather", shape)) if i == 0 else t.index_select(ax, idx)
         if a != 0:
-            moved = t.movedim(a, 0)
-            t = self._work("rows", moved.shape).copy_(moved)
+            t = t.movedim(a, 0)
+            if t.dim() > 2:  # a matrix's transpose is read as it is by the product; more axes need a copy
+                t = self._work("rows", t.shape).copy_(t)
         return t.reshape(n, -1)
 
     def _work(self, name: str, shape) -> torch.Tensor:
         """A scratch tensor kept from call to call: no allocation (and no heap churn) per term."""
         shape = tuple(shape)
         buf = self.scratch.get(name)
-        if buf is None or buf.numel() < _numel(shape):
-            buf = self.scratch[name] = torch.empty(_numel(shape))
-        return buf[:_numel(shape)].view(shape)
+        if buf is None or buf.numel() < math.prod(shape):
+            buf = self.scratch[name] = torch.empty(math.prod(shape))
+        return buf[:math.prod(shape)].view(shape)
 
     def _fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
@@ -216,10 +218,3 @@ class ScoreTerms:
         term = self._ref(e) @ unit_rows(others, self.spec, g, k, a).T
         self._keep(e, [p.clone() for p in at], term)
         return term
-
-
-def _numel(shape) -> int:
-    out = 1
-    for v in shape:
-        out *= int(v)
-    return out
