@@ -164,6 +164,21 @@ def test_label_split_gives_disjoint_classes():
     assert set().union(*sets) == set(range(10))
 
 
+def test_label_split_with_shared_classes_and_shards_keep_all_classes():
+    ds = _labels_dataset(1000)
+    parts = mf.data.split(ds, 10, mode="labels", classes=2, seed=0)
+    sets = [set(p.targets.tolist()) for p in parts]
+    assert all(len(c) == 2 for c in sets) and len({frozenset(c) for c in sets}) == 10  # no two clients alike
+    holders = torch.bincount(torch.tensor([c for cs in sets for c in cs]), minlength=10)
+    assert holders.tolist() == [2] * 10  # each class held by two clients, its examples shared between them
+    assert sum(len(p) for p in parts) == len(ds)
+    assert torch.equal(torch.bincount(torch.cat([p.targets for p in parts]), minlength=10),
+                       torch.bincount(ds.targets, minlength=10))
+    assert all(p.num_classes == 10 for p in parts)  # a client's model still has every class's output
+    with pytest.raises(mf.ModefuseError, match="only 10 classes"):
+        mf.data.split(ds, 3, mode="labels", classes=11)
+
+
 def test_dirichlet_small_alpha_is_skewed():
     parts = mf.data.split(_labels_dataset(5000), 5, mode="dirichlet", alpha=0.05, seed=0)
     iid = mf.data.split(_labels_dataset(5000), 5, mode="iid", seed=0)

@@ -409,6 +409,8 @@ def _federate_args(p):
     p.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet", "labels"],
                    help="how the training set is dealt to the clients (default dirichlet)")
     p.add_argument("--alpha", type=T.positive_float, default=0.5, help="Dirichlet concentration (default 0.5)")
+    p.add_argument("--classes", type=T.positive_int, help="--split labels: classes per client (default: disjoint "
+                                                         "label sets)")
     p.add_argument("--model", default="mlp", choices=["mlp"], help="zoo model the clients train (mlp)")
     p.add_argument("--widths", type=T.positive_int_list, default=[400, 200, 100],
                    help="hidden widths of the server's model (default 400,200,100)")
@@ -441,8 +443,8 @@ def cmd_federate(args) -> int:
         raise ModefuseError(str(e)) from None
     s = Settings(model=args.model, model_kwargs={"widths": args.widths},
                  client_kwargs=[{"widths": w} for w in args.client_widths or []], split=args.split,
-                 alpha=args.alpha, seed=args.seed, local_epochs=args.local_epochs, lr=args.lr,
-                 independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
+                 alpha=args.alpha, classes=args.classes or 0, seed=args.seed, local_epochs=args.local_epochs,
+                 lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
     history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair)
     result = {"accuracy": history.accuracy, "loss": history.loss, "left_out": history.left_out}
     if args.json:

@@ -31,7 +31,8 @@ _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["tes
 class ImageDataset(Dataset):
     """Images `(N, C, H, W)` as uint8 and labels `(N,)` as int64, served as floats in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, name: str = "", split: str = ""):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, name: str = "", split: str = "",
+                 num_classes: int | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
         if len(images) != len(targets):
@@ -40,6 +41,7 @@ class ImageDataset(Dataset):
         self.targets = targets.long()
         self.name = name
         self.split = split
+        self._classes = num_classes  # a subset keeps its parent's classes (a client may miss some)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,6 +51,8 @@ class ImageDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        if self._classes is not None:
+            return self._classes
         return int(self.targets.max()) + 1 if len(self.targets) else 0
 
     @property
@@ -58,7 +62,7 @@ class ImageDataset(Dataset):
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> "ImageDataset":
         """The examples at `indices`, as a dataset of the same kind."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageDataset(self.images[idx], self.targets[idx], self.name, self.split)
+        return ImageDataset(self.images[idx], self.targets[idx], self.name, self.split, self.num_classes)
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, shape={self.input_shape})"
@@ -193,12 +197,15 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike | None = N
 # ---------------------------------------------------------------- client splits
 
 def split(dataset: ImageDataset, k: int, mode: str = "iid", alpha: float = 0.5,
-          seed: int = 0) -> list[ImageDataset]:
+          seed: int = 0, classes: int | None = None) -> list[ImageDataset]:
     """Split `dataset` among `k` clients, deterministically for a given seed.
 
     mode: "iid" (uniform shuffle), "dirichlet" (each class spread over clients in
     proportions drawn from Dirichlet(alpha): small alpha, more skew) or "labels"
-    (disjoint label sets: the classes are shuffled and dealt out to the clients).
+    (label skew: the classes are shuffled and dealt out; by default disjoint sets,
+    with `classes=c` each client holds c classes, client i the i-th to (i+c-1)-th of
+    the shuffled cycle, and a class's examples are shared among the c clients
+    holding it: McMahan et al.'s pathological non-IID split for c = 2).
     """
     k = positive_int(k, "k")
     if mode == "dirichlet":
@@ -216,11 +223,27 @@ def split(dataset: ImageDataset, k: int, mode: str = "iid", alpha: float = 0.5,
             for i, chunk in enumerate(np.split(idx, cuts)):
                 parts[i].extend(chunk.tolist())
         parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    elif mode == "labels" and classes is None:
+        order = rng.permutation(np.unique(labels))
+        if k > len(order):
+            raise ModefuseError(f"cannot give {k} clients disjoint label sets: only {len(order)} classes; pass "
+                                f"classes= (classes per client) to let clients share classes")
+        parts = [np.flatnonzero(np.isin(labels, group)) for group in np.array_split(order, k)]
     elif mode == "labels":
-        classes = rng.permutation(np.unique(labels))
-        if k > len(classes):
-            raise ModefuseError(f"cannot give {k} clients disjoint label sets: only {len(classes)} classes")
-        parts = [np.flatnonzero(np.isin(labels, group)) for group in np.array_split(classes, k)]
+        order = rng.permutation(np.unique(labels))
+        c = positive_int(classes, "classes")
+        if c > len(order):
+            raise ModefuseError(f"classes={c} per client but the data has only {len(order)} classes")
+        holders: dict[int, list[int]] = {}
+        for i in range(k):
+            for j in range(c):
+                holders.setdefault(int(order[(i + j) % len(order)]), []).append(i)
+        parts = [[] for _ in range(k)]
+        for cls, who in holders.items():
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            for i, chunk in zip(who, np.array_split(idx, len(who))):
+                parts[i].extend(chunk.tolist())
+        parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     else:
         raise ModefuseError(f"unknown split mode {mode!r}; use 'iid', 'dirichlet' or 'labels'")
     return [dataset.subset(p) for p in parts]

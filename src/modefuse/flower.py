@@ -170,6 +170,7 @@ class Settings:
     client_kwargs: list[dict] = field(default_factory=list)  # per client (cycled): heterogeneous widths
     split: str = "dirichlet"
     alpha: float = 0.5
+    classes: int = 0  # label split: classes per client (0: disjoint label sets)
     seed: int = 0
     local_epochs: int = 1
     lr: float = 1e-3
@@ -223,7 +224,7 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         s = settings or Settings.from_config(context.run_config)
         torch.set_num_threads(1)  # clients share the machine's cores
         pid, k = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-        shard = mfdata.split(_data(s, "train"), k, s.split, s.alpha, seed=s.seed)[pid]
+        shard = mfdata.split(_data(s, "train"), k, s.split, s.alpha, seed=s.seed, classes=s.classes or None)[pid]
         server_round = int(msg.content["config"].get("server-round", 1))
         kwargs = s.kwargs_for(pid)
         model = zoo.build_for(s.model, shard, seed=s.seed + pid if s.independent_init else s.seed, **kwargs)

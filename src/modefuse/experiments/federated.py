@@ -27,11 +27,12 @@ def _settings(ctx: Run, **kw):
 
 
 @experiment("fed-fusion", "federated learning on Flower's simulation engine: FedAvg vs FedOTFusion vs FedWB, "
-            "one-shot (clients from different initializations; dirichlet and label splits) and over rounds "
+            "one-shot (clients from different initializations; dirichlet and 2-classes-per-client label splits) "
+            "and over rounds "
             "(common initialization), with the time per round and the fusion time as the clients grow",
             {"tiny": {"clients": 3, "rounds": 2, "widths": [32], "alpha": 0.5, "oneshot_epochs": 1,
                       "n_train": 1500, "n_test": 500, "scale": [3, 6]},
-             "quick": {"clients": 10, "rounds": 5, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 2,
+             "quick": {"clients": 10, "rounds": 5, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 5,
                        "n_test": 5000, "scale": [10, 30, 100]},
              "full": {"clients": 10, "rounds": 30, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 5,
                       "scale": [10, 30, 100]}})
@@ -44,7 +45,8 @@ def fed_fusion(ctx: Run) -> None:
     # models for every method: the round runs once and the strategy's aggregation is applied three ways)
     rows = []
     for split in ("dirichlet", "labels"):
-        h = simulate(_settings(ctx, split=split, independent_init=True, local_epochs=s["oneshot_epochs"]),
+        h = simulate(_settings(ctx, split=split, classes=2 if split == "labels" else 0, independent_init=True,
+                               local_epochs=s["oneshot_epochs"]),
                      method="average", rounds=1, num_clients=s["clients"])
         models, weights = h.clients
         template = build_for("mlp", test, widths=s["widths"])
