@@ -170,7 +170,7 @@ class Settings:
     client_kwargs: list[dict] = field(default_factory=list)  # per client (cycled): heterogeneous widths
     split: str = "dirichlet"
     alpha: float = 0.5
-    classes: int = 0  # label split: classes per client (0: disjoint label sets)
+    label_classes: int = 0  # label split: classes per client (0: disjoint label sets)
     seed: int = 0
     local_epochs: int = 1
     lr: float = 1e-3
@@ -224,7 +224,7 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         s = settings or Settings.from_config(context.run_config)
         torch.set_num_threads(1)  # clients share the machine's cores
         pid, k = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-        shard = mfdata.split(_data(s, "train"), k, s.split, s.alpha, seed=s.seed, classes=s.classes or None)[pid]
+        shard = _shard(s, k, pid)
         server_round = int(msg.content["config"].get("server-round", 1))
         kwargs = s.kwargs_for(pid)
         model = zoo.build_for(s.model, shard, seed=s.seed + pid if s.independent_init else s.seed, **kwargs)
@@ -244,6 +244,12 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         return Message(content=content, reply_to=msg)
 
     return app
+
+
+def _shard(s: Settings, k: int, pid: int):
+    """Client `pid`'s shard of the training data. (At module level: Ray pickles the client's closure
+    by value, and an attribute named like a torch submodule there, `s.classes`, drags `torch.classes` in.)"""
+    return mfdata.split(_data(s, "train"), k, s.split, s.alpha, seed=s.seed, classes=s.label_classes or None)[pid]
 
 
 def _to_width(state: dict[str, torch.Tensor], model: nn.Module, s: Settings, data) -> dict[str, torch.Tensor]:

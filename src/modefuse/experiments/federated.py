@@ -45,7 +45,7 @@ def fed_fusion(ctx: Run) -> None:
     # models for every method: the round runs once and the strategy's aggregation is applied three ways)
     rows = []
     for split in ("dirichlet", "labels"):
-        h = simulate(_settings(ctx, split=split, classes=2 if split == "labels" else 0, independent_init=True,
+        h = simulate(_settings(ctx, split=split, label_classes=2 if split == "labels" else 0, independent_init=True,
                                local_epochs=s["oneshot_epochs"]),
                      method="average", rounds=1, num_clients=s["clients"])
         models, weights = h.clients
