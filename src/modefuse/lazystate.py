@@ -25,7 +25,8 @@ from .errors import CheckpointError
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"),
+                     ("U64", "uint64")):
     if hasattr(torch, _attr):
         DTYPES[_name] = getattr(torch, _attr)
 NAMES = {v: k for k, v in DTYPES.items()}
@@ -75,7 +76,9 @@ class LazyState(Mapping[str, torch.Tensor]):
                         sl = h.get_slice(k)
                         self.file_of[k] = f
                         self.shapes[k] = tuple(sl.get_shape())
-                        self.dtypes[k] = DTYPES.get(sl.get_dtype(), torch.float32)
+                        if sl.get_dtype() not in DTYPES:
+                            raise ValueError(f"tensor {k!r} has dtype {sl.get_dtype()}, which torch cannot hold")
+                        self.dtypes[k] = DTYPES[sl.get_dtype()]
             except (SafetensorError, OSError, ValueError) as e:
                 raise _unreadable(f, e) from None
 
