@@ -175,6 +175,7 @@ CASES = [
     ("federate --model vgg", 2, "invalid choice: 'vgg'"),
     ("federate --client-widths 200,100,50 --method average", 2, "--client-widths needs --method wasserstein"),
     ("federate --client-widths 200,100", 2, "as many layers as --widths"),
+    ("federate --classes 2", 2, "--classes is the number of classes per client of --split labels"),
     ("federate --data-dir MISSING", 1, "missing.safetensors"),
     # no such command
     ("trian --out OUT", 2, "invalid choice: 'trian'"),

@@ -26,10 +26,10 @@ from .infer import infer_spec
 from .models import example_input as zoo_example_input
 from .probe import input_second_moments, unit_correlations
 from .progress import bar
+from .scoreterms import ScoreTerms
 from .solvers import assignment
 from .spec import PermutationSpec
 from .statedict import check_finite, check_same_architecture
-from .scoreterms import ScoreTerms
 from .transport import permute_tensor
 
 METHODS = ("weight", "activation", "weight_cov")

@@ -146,14 +146,13 @@ def cmd_align(args) -> int:
         if args.method != "weight":
             raise UsageError(f"folders are aligned by weight matching, streamed; --method {args.method} needs the "
                              f"models in memory: load them (from_pretrained) and use mf.align")
-        if Path(args.out).is_file():
-            raise UsageError(f"--out {args.out} is a file; name the folder to write")
+        _check_out(args.out, folder=True)
         from . import hf
         res = hf.align_folders(args.reference, args.model, args.out, seed=args.seed, spec=_read_spec(args.spec))
         _write_spec(args, res.spec)
         _report(args, hf.describe(res))
         return 0
-    _output_file(args.out)
+    _check_out(args.out, folder=False)
     a, b = mf.load(args.reference), mf.load(args.model)
     data = _load_data(args, "train", a) if args.method != "weight" else None
     res = mf.align(a, b, method=args.method, data=data, seed=args.seed, spec=_read_spec(args.spec))
@@ -194,9 +193,14 @@ def _write_spec(args, spec) -> None:
         write_text(args.save_spec, spec.to_json() + "\n")
 
 
-def _output_file(text: str) -> None:
+def _check_out(out: str, folder: bool) -> None:
+    """--out names a folder to write (for folder inputs) or a checkpoint file (as `T.output_file` checks)."""
+    if folder:
+        if Path(out).is_file():
+            raise UsageError(f"--out {out} is a file; name the folder to write")
+        return
     try:
-        T.output_file(text)
+        T.output_file(out)
     except argparse.ArgumentTypeError as e:
         raise UsageError(f"--out: {e}") from None
 
@@ -276,15 +280,14 @@ def cmd_fuse(args) -> int:
         if args.finetune or args.repair or args.cost == "activation" or args.plot_couplings:
             raise UsageError("folders are fused from their weights alone here: --finetune, --repair, --cost "
                              "activation and --plot-couplings need data the model takes; use mf.fuse")
-        if Path(args.out).is_file():
-            raise UsageError(f"--out {args.out} is a file; name the folder to write")
+        _check_out(args.out, folder=True)
         from . import hf
         fus = hf.fuse_folders(args.checkpoints, args.out, method=args.method, weights=weights, widths=widths,
                               eps=args.eps, cost="weight", outgoing=args.outgoing, progress=True)
         _report(args, {"out": args.out, "method": args.method, "models": len(args.checkpoints),
                        "groups": len(fus.couplings)})
         return 0
-    _output_file(args.out)
+    _check_out(args.out, folder=False)
     args.cost = args.cost or "activation"
     models = [mf.load(c) for c in args.checkpoints]
     test = _load_data(args, "test", models[0])
@@ -431,6 +434,8 @@ def _federate_args(p):
          "OTFusion or Wasserstein-barycenter aggregation; the global model's test accuracy per round",
          _federate_args)
 def cmd_federate(args) -> int:
+    if args.classes and args.split != "labels":
+        raise UsageError("--classes is the number of classes per client of --split labels")
     if args.client_widths and args.method != "wasserstein":
         raise UsageError("--client-widths needs --method wasserstein (the only fusion across widths)")
     if any(len(w) != len(args.widths) for w in args.client_widths or []):

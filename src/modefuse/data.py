@@ -223,27 +223,27 @@ def split(dataset: ImageDataset, k: int, mode: str = "iid", alpha: float = 0.5,
             for i, chunk in enumerate(np.split(idx, cuts)):
                 parts[i].extend(chunk.tolist())
         parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    elif mode == "labels" and classes is None:
-        order = rng.permutation(np.unique(labels))
-        if k > len(order):
-            raise ModefuseError(f"cannot give {k} clients disjoint label sets: only {len(order)} classes; pass "
-                                f"classes= (classes per client) to let clients share classes")
-        parts = [np.flatnonzero(np.isin(labels, group)) for group in np.array_split(order, k)]
     elif mode == "labels":
         order = rng.permutation(np.unique(labels))
-        c = positive_int(classes, "classes")
-        if c > len(order):
-            raise ModefuseError(f"classes={c} per client but the data has only {len(order)} classes")
-        holders: dict[int, list[int]] = {}
-        for i in range(k):
-            for j in range(c):
-                holders.setdefault(int(order[(i + j) % len(order)]), []).append(i)
-        parts = [[] for _ in range(k)]
-        for cls, who in holders.items():
-            idx = rng.permutation(np.flatnonzero(labels == cls))
-            for i, chunk in zip(who, np.array_split(idx, len(who))):
-                parts[i].extend(chunk.tolist())
-        parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+        if classes is None:  # disjoint label sets
+            if k > len(order):
+                raise ModefuseError(f"cannot give {k} clients disjoint label sets: only {len(order)} classes; "
+                                    f"pass classes= (classes per client) to let clients share classes")
+            parts = [np.flatnonzero(np.isin(labels, group)) for group in np.array_split(order, k)]
+        else:
+            c = positive_int(classes, "classes")
+            if c > len(order):
+                raise ModefuseError(f"classes={c} per client but the data has only {len(order)} classes")
+            holders: dict[int, list[int]] = {}
+            for i in range(k):
+                for j in range(c):
+                    holders.setdefault(int(order[(i + j) % len(order)]), []).append(i)
+            parts = [[] for _ in range(k)]
+            for cls, who in holders.items():
+                idx = rng.permutation(np.flatnonzero(labels == cls))
+                for i, chunk in zip(who, np.array_split(idx, len(who))):
+                    parts[i].extend(chunk.tolist())
+            parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     else:
         raise ModefuseError(f"unknown split mode {mode!r}; use 'iid', 'dirichlet' or 'labels'")
     return [dataset.subset(p) for p in parts]

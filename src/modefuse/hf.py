@@ -9,16 +9,18 @@ the same class: B's config, tokenizer and other small files are copied beside th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
+from .atomic import atomic_dir
 from .errors import CheckpointError, ModefuseError
 from .lazystate import LazyState, weight_files, write_streamed
 from .spec import PermutationSpec
@@ -35,13 +37,12 @@ def is_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
-def skeleton(folder: str | os.PathLike) -> nn.Module:
-    """The folder's model class built from its config on the meta device: the architecture, no weights."""
+def _model_class(folder: Path):
+    """The transformers class the folder's config names, and the config."""
     try:
         import transformers
     except ImportError:
         raise ModefuseError("Hugging Face folders need transformers: pip install transformers") from None
-    folder = Path(folder)
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
@@ -51,6 +52,12 @@ def skeleton(folder: str | os.PathLike) -> nn.Module:
     if cls is None:
         raise ModefuseError(f"{folder}/config.json names no model class transformers has "
                             f"(architectures: {names}); load the model yourself and use mf.align")
+    return cls, config
+
+
+def skeleton(folder: str | os.PathLike) -> nn.Module:
+    """The folder's model class built from its config on the meta device: the architecture, no weights."""
+    cls, config = _model_class(Path(folder))
     if hasattr(config, "use_cache"):
         config.use_cache = False  # a key-value cache in the outputs is not a tensor export can return
     with torch.device("meta"):
@@ -121,9 +128,9 @@ def align_folders(reference: str | os.PathLike, model: str | os.PathLike, out: s
 
 def load_folder(folder: str | os.PathLike) -> nn.Module:
     """The folder's model in memory (`from_pretrained`, safetensors only: pickled weights are never read)."""
-    skel_cls = type(skeleton(folder))
+    cls, _ = _model_class(Path(folder))
     try:
-        return skel_cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+        return cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot load {folder}: {str(e).splitlines()[0]}") from None
 
@@ -137,18 +144,9 @@ def fuse_folders(folders: list[str | os.PathLike], out: str | os.PathLike, metho
     models = [load_folder(f) for f in folders]
     x, _ = example_input(models[0])
     fus = fuse(models, method=method, example_input=x, **options)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        for p in Path(folders[0]).iterdir():
-            if p.is_file() and p.suffix in COPIED:
-                shutil.copy2(p, tmp / p.name)
+    with _output_folder(Path(out)) as tmp:
+        _copy_small_files(Path(folders[0]), tmp)
         fus.model.save_pretrained(str(tmp), safe_serialization=True)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return fus
 
 
@@ -199,36 +197,31 @@ def _restrict(spec: PermutationSpec, skel: nn.Module, state: LazyState, folder: 
 def _write_folder(source: Path, out: Path, state: LazyState, spec: PermutationSpec, perms) -> None:
     """Write `state` permuted by `perms`, shard by shard as in `source`, plus its small files, to `out`."""
     axes_of = spec.axes_of
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with _output_folder(out) as tmp:
         for f in weight_files(source):
             keys = [k for k in state if state.file_of[k] == f]
             write_streamed(tmp / f.name, keys, state.shapes, state.dtypes,
                            lambda k: permute_tensor(state[k], k, axes_of[k], spec, perms) if k in axes_of
                            else state[k], metadata=state.metadata.get(f) or {"format": "pt"})
-        for p in source.iterdir():
-            if p.is_file() and p.suffix in COPIED:
-                shutil.copy2(p, tmp / p.name)
-        _replace_dir(tmp, out)
+        _copy_small_files(source, tmp)
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """`atomic_dir`, with a failure to write (a full disk) said in one line that names the way out."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"writing {out} failed ({e.strerror or e}); nothing was left there: free some "
                               f"space or choose another output folder, then run again") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put folder `tmp` at `out` in renames: an old `out` is moved aside first and deleted after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _copy_small_files(source: Path, dest: Path) -> None:
+    """The config, tokenizer and card files of `source` (never weights in other formats)."""
+    for p in source.iterdir():
+        if p.is_file() and p.suffix in COPIED:
+            shutil.copy2(p, dest / p.name)
 
 
 def describe(res: FolderAlignment) -> dict:
