@@ -40,6 +40,7 @@ bench: data $(STAMP)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/align_speed.py
 	$(PY) benchmarks/fuse_speed.py
+	$(PY) benchmarks/align_memory.py
 
 clean:
 	rm -rf runs .pytest_cache
