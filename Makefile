@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modefuse-installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow test-no-data data bench venv clean reproduce-quick
+.PHONY: demo test test-slow test-gpu test-no-data data bench venv clean reproduce-quick
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ test-no-data: $(STAMP)
 
 test-slow: data $(STAMP)
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
+
+# On a machine with a CUDA GPU: the same answers there as on the CPU (tests/test_gpu.py). Not part of `make test`.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
 
 bench: data $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'

@@ -14,7 +14,10 @@ it; "cached s" is an alignment in a new process once the architecture's spec is 
 the share of spec inference in it. "speed-up" is rebasin's time over the first alignment's, "cached" over the
 cached one's.
 
-Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16]
+With `--device cuda` every model and input lives on the GPU, for both: our score products run there and each
+assignment on the CPU (scipy); rebasin runs as it does on that device. Compare ratios within one run only.
+
+Run: .venv/bin/pip install rebasin==0.0.47 && .venv/bin/python benchmarks/align_speed.py [--skip-x16] [--device cuda]
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from modefuse.trained import trained  # noqa: E402
 
 def objective(a, b) -> float:
     sa, sb = a.state_dict(), b.state_dict()
-    return sum(float((sa[k].double() * sb[k].double()).sum()) for k in sa if sa[k].is_floating_point())
+    return sum(float((sa[k].double().cpu() * sb[k].double().cpu()).sum()) for k in sa if sa[k].is_floating_point())
 
 
 def forget_specs(disk: bool) -> None:
@@ -58,7 +61,7 @@ def ours_cached(a, b, x, seed):
 def output_change(b, aligned, x) -> float:
     """Largest change of the outputs on `x` that the alignment made (0 up to rounding: the same function)."""
     with torch.no_grad():
-        y, z = b(x), aligned(x)
+        y, z = b(x), aligned.to(x.device)(x)
     y, z = (getattr(v, "last_hidden_state", v) for v in (y, z))
     return float((y - z).abs().max() / y.abs().max())
 
@@ -74,7 +77,7 @@ def theirs(a, b, x, seed):
     from rebasin import PermutationCoordinateDescent
     torch.manual_seed(seed)  # rebasin draws its group order from torch's global generator
     bb = copy.deepcopy(b)
-    PermutationCoordinateDescent(a, bb, x).rebasin()
+    PermutationCoordinateDescent(a, bb, x, device_a=x.device, device_b=x.device).rebasin()  # else it picks cuda
     return bb
 
 
@@ -84,6 +87,8 @@ def mean_time(fn, *args, repeats):
     for seed in range(repeats):
         t0 = time.perf_counter()
         outs.append(fn(*args, seed))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the permuted copy may still be queued on the GPU
         times.append(time.perf_counter() - t0)
     return sum(times) / len(times), outs
 
@@ -92,24 +97,32 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-x16", action="store_true", help="leave out ResNet-20 x16 (the slowest case)")
+    p.add_argument("--skip-trained", action="store_true", help="leave out the trained MLP (no dataset needed)")
+    p.add_argument("--device", default="cpu", help="where the models live (cuda: products on the GPU)")
     args = p.parse_args()
     try:
         import rebasin  # noqa: F401
     except ImportError:
         raise SystemExit("install the baseline first: .venv/bin/pip install rebasin==0.0.47")
-    train = mf.data.load("fashion-mnist", "train")
-    test = mf.data.load("fashion-mnist", "test")
-    mlp = [trained(f"runs/bench/mlp512x3_seed{s}.safetensors", "mlp", train, seed=s, epochs=5,
-                   model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
-    cases = [("MLP 784-512x3-10 (trained)", mlp, torch.rand(2, 1, 28, 28)),
-             ("MLP 784-512x3-10 (init)", [mf.models.build("mlp", widths=[512] * 3, seed=s).eval() for s in (0, 1)],
+    cases = []
+    if not args.skip_trained:
+        train = mf.data.load("fashion-mnist", "train")
+        test = mf.data.load("fashion-mnist", "test")
+        mlp = [trained(f"runs/bench/mlp512x3_seed{s}.safetensors", "mlp", train, seed=s, epochs=5,
+                       model_kwargs={"widths": [512, 512, 512]}) for s in (0, 1)]
+        cases.append(("MLP 784-512x3-10 (trained)", mlp, torch.rand(2, 1, 28, 28)))
+    cases += [("MLP 784-512x3-10 (init)", [mf.models.build("mlp", widths=[512] * 3, seed=s).eval() for s in (0, 1)],
               torch.rand(2, 1, 28, 28))]
     widths = (4,) if args.skip_x16 else (4, 16)
     for w in widths:
         pair = [mf.models.build("resnet20", width=w, in_channels=1, seed=s).eval() for s in (0, 1)]
         cases.append((f"ResNet-20 x{w} (init)", pair, torch.rand(2, 1, 28, 28)))
     cases += transformers_cases()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mean over {args.repeats} seeds")
+    dev = torch.device(args.device)
+    cases = [(label, [m.to(dev) for m in pair], x.to(dev)) for label, pair, x in cases]
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, models on {where}; "
+          f"mean over {args.repeats} seeds")
     print(f"{'model':28s} {'modefuse s':>10s} {'trace s':>8s} {'cached s':>8s} {'trace':>5s} {'rebasin s':>10s} "
           f"{'speed-up':>9s} {'cached':>7s} {'objective ours/theirs':>22s} {'output change ours/theirs':>26s} "
           f"{'loss barrier ours / theirs / naive':>36s}")
@@ -130,8 +143,10 @@ def main():
         change = f"{max(output_change(b, m, x) for m in m_ours):.1e} / {max(output_change(b, m, x) for m in m_theirs):.1e}"
         barrier = ""
         if "trained" in label:
-            lb = [max(mf.interpolate(a, m, test, progress=False).loss_barrier for m in ms) for ms in (m_ours, m_theirs)]
-            barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a, b, test, progress=False).loss_barrier:.3f}"
+            a_, b_ = (copy.deepcopy(m).cpu() for m in (a, b))  # evaluated on the CPU, as the data is
+            lb = [max(mf.interpolate(a_, copy.deepcopy(m).cpu(), test, progress=False).loss_barrier for m in ms)
+                  for ms in (m_ours, m_theirs)]
+            barrier = f"{lb[0]:.4f} / {lb[1]:.4f} / {mf.interpolate(a_, b_, test, progress=False).loss_barrier:.3f}"
         print(f"{head} {t_theirs:10.3f} {t_theirs / t_ours:8.1f}x {t_theirs / t_cached:6.1f}x {ratio:22.5f} "
               f"{change:>26s} {barrier:>36s}", flush=True)
 

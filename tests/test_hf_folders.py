@@ -189,3 +189,90 @@ def test_the_spec_is_saved_and_a_saved_or_edited_one_is_used(gpt2_folders, capsy
     assert torch.equal(e.state_dict()["transformer.h.0.mlp.c_fc.bias"], b.state_dict()["transformer.h.0.mlp.c_fc.bias"])
     assert main(["align", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp / "f"), "--spec", str(tmp / "nope.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+TEXT = ("the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 40)
+
+
+def _char_tokenizer(folder):
+    """A character-level tokenizer saved in `folder`, built offline with the tokenizers library."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {c: i for i, c in enumerate(sorted(set(TEXT)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=" "))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+
+
+@pytest.fixture
+def lm_folders(tmp_path):
+    """Two GPT-2s of different seeds, with a tokenizer, and a text file."""
+    for name, seed in (("a", 0), ("b", 1)):
+        _gpt2(seed=seed).save_pretrained(tmp_path / name)
+        _char_tokenizer(tmp_path / name)
+    (tmp_path / "text.txt").write_text(TEXT)
+    return tmp_path
+
+
+def _hf_loss(model, data):
+    """The model's own mean next-token loss (transformers shifts `labels` itself) over the blocks."""
+    x, y = data.tensors
+    ids = torch.cat([x, y[:, -1:]], dim=1)
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss)
+
+
+def test_interpolating_folders_measures_next_token_loss_and_keeps_the_aligned_function(lm_folders):
+    from modefuse.textdata import token_blocks
+    tmp = lm_folders
+    paths = hf.interpolate_folders(tmp / "a", tmp / "b", tmp / "text.txt", steps=3, align=True, block=32,
+                                   progress=False)
+    data = token_blocks(tmp / "a", tmp / "text.txt", 32)
+    assert len(data) == len(TEXT) // 33
+    a, b = (hf.load_folder(tmp / n) for n in "ab")
+    for p in paths.values():  # the ends are the models' own losses, as transformers computes them
+        assert abs(p.loss[0] - _hf_loss(a, data)) < 1e-4
+        assert abs(p.loss[-1] - _hf_loss(b, data)) < 1e-4  # aligned B: the same function as B
+        assert 0 <= min(p.accuracy) and max(p.accuracy) <= 1
+    assert paths["naive"].loss[1] != paths["aligned (weight)"].loss[1]
+
+
+def test_interpolate_command_on_folders(lm_folders, capsys):
+    tmp = lm_folders
+    assert main(["interpolate", str(tmp / "a"), str(tmp / "b"), "--text", str(tmp / "text.txt"), "--steps", "3",
+                 "--block", "16", "--limit", "4", "--align", "weight", "--plot", str(tmp / "p.png"), "--json"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"naive", "aligned (weight)"} and len(out["naive"]["loss"]) == 3
+    assert (tmp / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no text", "give --text FILE"),
+    ("text for checkpoints", "--text is for Hugging Face folders"),
+    ("activation", "aligned by weight matching"),
+])
+def test_interpolate_folder_usage_errors(lm_folders, capsys, case, message):
+    tmp = lm_folders
+    argv = {"no text": ["interpolate", str(tmp / "a"), str(tmp / "b")],
+            "text for checkpoints": ["interpolate", "x.safetensors", "y.safetensors", "--text", "t.txt"],
+            "activation": ["interpolate", str(tmp / "a"), str(tmp / "b"), "--text", str(tmp / "text.txt"),
+                           "--align", "activation"]}[case]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_interpolating_folders_without_tokenizer_or_lm_head_says_what_to_do(lm_folders, tmp_path):
+    tmp = lm_folders
+    _gpt2(seed=2).save_pretrained(tmp / "bare")  # no tokenizer files
+    _gpt2(seed=3).save_pretrained(tmp / "bare2")
+    with pytest.raises(mf.ModefuseError, match="no tokenizer.*save_pretrained"):
+        hf.interpolate_folders(tmp / "bare", tmp / "bare2", tmp / "text.txt", progress=False)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)
+    for n in ("e1", "e2"):
+        transformers.BertModel(cfg).save_pretrained(tmp / n)
+    with pytest.raises(mf.ModefuseError, match="BertModel, not a causal language model"):
+        hf.interpolate_folders(tmp / "e1", tmp / "e2", tmp / "text.txt", progress=False)
+    (tmp / "short.txt").write_text("the fox")
+    with pytest.raises(mf.ModefuseError, match="fewer than one block"):
+        hf.interpolate_folders(tmp / "a", tmp / "b", tmp / "short.txt", progress=False)

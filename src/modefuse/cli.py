@@ -206,13 +206,17 @@ def _check_out(out: str, folder: bool) -> None:
 
 
 def _interp_args(p):
-    p.add_argument("a", help="checkpoint of model A (alpha = 0)")
-    p.add_argument("b", help="checkpoint of model B (alpha = 1)")
+    p.add_argument("a", help="checkpoint of model A (alpha = 0), or a Hugging Face folder")
+    p.add_argument("b", help="checkpoint of model B (alpha = 1), or a folder")
     p.add_argument("--steps", type=T.int_at_least(2), default=25, help="points on the path, ends included")
     p.add_argument("--align", choices=["weight", "activation", "weight_cov"],
                    help="also align B to A by this method and plot naive and aligned paths together")
     p.add_argument("--plot", type=T.png_file, help="PNG to write: loss and accuracy against alpha")
     p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--text", metavar="FILE", help="Hugging Face folders (causal language models): the text to "
+                                                  "measure next-token loss and accuracy on (A's tokenizer)")
+    p.add_argument("--block", type=T.positive_int, default=128, help="with --text: tokens per sequence")
+    p.add_argument("--limit", type=T.positive_int, help="with --text: at most this many sequences")
     _add_data_args(p, dataset_default=None)
 
 
@@ -220,13 +224,26 @@ def _interp_args(p):
          _interp_args)
 def cmd_interpolate(args) -> int:
     import modefuse as mf
-    a, b = mf.load(args.a), mf.load(args.b)
-    data = _load_data(args, args.split, a)
-    paths = {"naive": mf.interpolate(a, b, data, steps=args.steps)}
-    if args.align:
-        train = _load_data(args, "train", a) if args.align != "weight" else None
-        aligned = mf.align(a, b, method=args.align, data=train).model
-        paths[f"aligned ({args.align})"] = mf.interpolate(a, aligned, data, steps=args.steps)
+    if _folders(args.a, args.b):
+        if args.text is None:
+            raise UsageError("folders are compared by next-token loss on a text: give --text FILE")
+        if args.align not in (None, "weight"):
+            raise UsageError(f"folders are aligned by weight matching; --align {args.align} needs image data: load "
+                             f"the models (from_pretrained) and use mf.align and mf.interpolate")
+        from . import hf
+        paths = hf.interpolate_folders(args.a, args.b, args.text, steps=args.steps, align=args.align == "weight",
+                                       block=args.block, limit=args.limit)
+    elif args.text is not None:
+        raise UsageError("--text is for Hugging Face folders (causal language models); checkpoints are evaluated "
+                         "on image data (--dataset)")
+    else:
+        a, b = mf.load(args.a), mf.load(args.b)
+        data = _load_data(args, args.split, a)
+        paths = {"naive": mf.interpolate(a, b, data, steps=args.steps)}
+        if args.align:
+            train = _load_data(args, "train", a) if args.align != "weight" else None
+            aligned = mf.align(a, b, method=args.align, data=train).model
+            paths[f"aligned ({args.align})"] = mf.interpolate(a, aligned, data, steps=args.steps)
     if args.plot:
         from .plots import plot_paths
         plot_paths(paths, args.plot, title=f"{Path(args.a).name} (alpha 0) to {Path(args.b).name} (alpha 1)")

@@ -6,6 +6,8 @@ accumulated a tensor at a time from the checkpoints (`LazyState`), and the permu
 written tensor by tensor. Peak memory is the score matrices and a few tensors, not the models, so
 checkpoints larger than memory can be aligned. The output folder loads with `from_pretrained` as
 the same class: B's config, tokenizer and other small files are copied beside the weights.
+`fuse_folders` and `interpolate_folders` (causal language models, next-token loss on a text) load
+the models in memory.
 """
 from __future__ import annotations
 
@@ -150,6 +152,32 @@ def fuse_folders(folders: list[str | os.PathLike], out: str | os.PathLike, metho
     return fus
 
 
+def interpolate_folders(a: str | os.PathLike, b: str | os.PathLike, text: str | os.PathLike, steps: int = 25,
+                        align: bool = False, block: int = 128, limit: int | None = None, seed: int = 0,
+                        progress: bool = True) -> dict:
+    """Next-token loss and accuracy on `text` along the straight line from folder `a` to folder `b`
+    (causal language models): {"naive": Path} and, with `align`, {"aligned (weight)": Path} where B was
+    first weight-matched to A. The text is tokenized with A's tokenizer and cut into blocks of `block`
+    tokens (`limit`: at most that many blocks). Both models are held in memory."""
+    from .align import align as align_models
+    from .interpolate import interpolate
+    from .textdata import NextToken, check_causal_lm, max_block, token_blocks
+
+    ma, mb = load_folder(a), load_folder(b)
+    for m, where in ((ma, a), (mb, b)):
+        check_causal_lm(m, str(where))
+        m.config.use_cache = False  # a key-value cache in the outputs is not a tensor export can return
+    check_same_architecture(ma.state_dict(), mb.state_dict(), str(a), str(b))
+    data = token_blocks(a, text, max_block(ma, block), limit)
+    paths = {"naive": interpolate(NextToken(ma), NextToken(mb), data, steps=steps, progress=progress)}
+    if align:
+        x, _ = example_input(ma)
+        aligned = align_models(ma, mb, method="weight", example_input=x, seed=seed).model
+        paths["aligned (weight)"] = interpolate(NextToken(ma), NextToken(aligned), data, steps=steps,
+                                                progress=progress)
+    return paths
+
+
 def _stored_names(skel: nn.Module) -> dict[str, str]:
     """Model tensor name -> the name the checkpoint stores it under (transformers 5 renames some on save)."""
     state = skel.state_dict()
@@ -230,5 +258,5 @@ def describe(res: FolderAlignment) -> dict:
             "sweeps": len(res.history), "seconds": round(res.seconds, 2)}
 
 
-__all__ = ["align_folders", "fuse_folders", "load_folder", "FolderAlignment", "is_folder", "skeleton",
+__all__ = ["align_folders", "fuse_folders", "interpolate_folders", "load_folder", "FolderAlignment", "is_folder", "skeleton",
            "example_input", "describe"]

@@ -90,8 +90,11 @@ class Trace:
     def _export(model, args, kwargs):
         was = model.training
         model.eval()
-        emit = fx.config.do_not_emit_stack_traces
-        fx.config.do_not_emit_stack_traces = True  # a third of export's time; inference reads no stack traces
+        # a third of export's time in the torch versions that have the switch; inference reads no stack traces
+        quiet = hasattr(fx.config, "do_not_emit_stack_traces")
+        if quiet:
+            emit = fx.config.do_not_emit_stack_traces
+            fx.config.do_not_emit_stack_traces = True
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*were assigned during export.*")
@@ -101,7 +104,8 @@ class Trace:
             raise SpecInferenceError(f"torch.export cannot trace {type(model).__name__}: {type(e).__name__}: "
                                      f"{msg}; {HOW_TO}") from None
         finally:
-            fx.config.do_not_emit_stack_traces = emit
+            if quiet:
+                fx.config.do_not_emit_stack_traces = emit
             model.train(was)
 
     def at_batch(self, model: nn.Module, batch: int) -> torch.export.ExportedProgram:

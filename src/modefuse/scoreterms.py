@@ -47,6 +47,8 @@ class ScoreTerms:
                                                                          for t in state.values())
         self.budget = size // 4 if budget is None else budget
         self.held = 0
+        # where the products run: the models' device (a GPU when they are there); checkpoints are read on the CPU
+        self.device = torch.device("cpu") if isinstance(state, LazyState) else next(iter(state.values())).device
         self.scratch: dict[str, torch.Tensor] = {}
         self.views: dict[tuple, torch.Tensor] = {}  # entry -> (n, lead, *other dims): the model's rows (in memory)
         self.ref_rows: dict[tuple, torch.Tensor] = {}
@@ -171,7 +173,7 @@ class ScoreTerms:
         shape = tuple(shape)
         buf = self.scratch.get(name)
         if buf is None or buf.numel() < math.prod(shape):
-            buf = self.scratch[name] = torch.empty(math.prod(shape))
+            buf = self.scratch[name] = torch.empty(math.prod(shape), device=self.device)
         return buf[:math.prod(shape)].view(shape)
 
     def _fits(self, nbytes: int) -> bool:

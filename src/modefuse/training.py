@@ -149,9 +149,10 @@ def evaluate(model: nn.Module, data, loss_fn: LossFn | None = None, batch_size: 
             if n == 0:
                 check_input(model, x)
             out = model(x) if params is None else functional_call(model, params, (x,))
-            loss_sum += loss_fn(out, y).item() * len(y)
+            # per target: one per example for a classifier, one per position for a sequence (a language model)
+            loss_sum += loss_fn(out, y).item() * y.numel()
             correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
+            n += y.numel()
     finally:
         model.train(was_training)
     if n == 0:
