@@ -27,6 +27,7 @@ demo: data $(STAMP)
 # pytest exits 5 when it ran no test: that is a failure here, not a pass. A test that needs the data
 # fails when it is missing (tests/conftest.py); `make test-no-data` skips those tests instead.
 test: data $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache  # the layers contract of pyproject.toml
 	$(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
 
 test-no-data: $(STAMP)

@@ -36,7 +36,8 @@ def reset():
         f.write("5")
 
 import modefuse as mf
-from modefuse import hf, lazystate
+from modefuse import hf
+from modefuse.storage import lazystate
 if case == "mlp":
     w = int(arg)
     a, b = [mf.models.build("mlp", widths=[w] * 3, seed=s).eval() for s in (0, 1)]

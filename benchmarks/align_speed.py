@@ -32,8 +32,8 @@ import torch
 
 os.environ["MODEFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="align-speed-cache-")  # not the user's cache
 import modefuse as mf  # noqa: E402
-from modefuse import speccache  # noqa: E402
-from modefuse.trained import trained  # noqa: E402
+from modefuse.spec import cache as speccache  # noqa: E402
+from modefuse.zoo.train_or_load import trained  # noqa: E402
 
 
 def objective(a, b) -> float:
@@ -43,7 +43,7 @@ def objective(a, b) -> float:
 
 def forget_specs(disk: bool) -> None:
     """Clear the in-process spec cache (as a new process would start) and, if `disk`, the on-disk one."""
-    sys.modules["modefuse.infer"]._CACHE.clear()
+    sys.modules["modefuse.spec.infer"]._CACHE.clear()
     if disk:
         speccache.clear()
 

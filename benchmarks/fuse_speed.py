@@ -32,7 +32,7 @@ import modefuse as mf
 
 def build(model: str, seed: int) -> nn.Module:
     if model == "mlp":
-        from modefuse.trained import trained
+        from modefuse.zoo.train_or_load import trained
         return trained(f"runs/bench/mlp512_s{seed}.safetensors", "mlp", mf.data.load("fashion-mnist", "train"),
                        seed=seed, epochs=1, progress=False, model_kwargs={"widths": [512, 512, 512]})
     return mf.models.build("vgg", width=1.0, in_channels=1, in_size=28, seed=seed)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import modefuse as mf
-from modefuse.atomic import write_text
-from modefuse.trained import trained
+from modefuse.storage.atomic import write_text
+from modefuse.zoo.train_or_load import trained
 
 
 def main():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.trained import trained
+from modefuse.zoo.train_or_load import trained
 
 
 # specs cached on disk by one test run must not leak into another, nor a developer's cache into tests

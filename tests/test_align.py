@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.transport import invert, random_perms
+from modefuse.spec.transport import invert, random_perms
 from test_spec import _randomize_norm_stats
 from zoo import build
 

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 import modefuse as mf
-from modefuse.checkpoint import load_state, save_state
+from modefuse.zoo.checkpoint import load_state, save_state
 from zoo import build
 
 
@@ -81,7 +81,7 @@ def test_nan_weights_are_refused(tmp_path):
 def test_atomic_write_keeps_old_file_on_failure(saved, monkeypatch):
     model, path = saved
     before = path.read_bytes()
-    import modefuse.checkpoint as ck
+    import modefuse.zoo.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.curves import coefficients
+from modefuse.landscape.curves import coefficients
 from zoo import build
 
 

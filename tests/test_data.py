@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.data import read_idx
+from modefuse.zoo.data import read_idx
 
 
 def write_idx(path, array, compress):

@@ -9,10 +9,9 @@ import pytest
 
 import modefuse as mf
 from modefuse.cli import main
-from modefuse.experiments import REGISTRY, reproduce
-from modefuse.experiments.runner import _load_all
+from modefuse.experiments.base import REGISTRY  # importing the package registers every experiment
+from modefuse.experiments.runner import reproduce
 
-_load_all()
 NAMES = ["wb-mlp", "wb-hetero", "wb-cnn", "wb-rnn", "lmc-plane", "curves", "lmc-width", "vit-lmc"]
 
 

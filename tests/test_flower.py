@@ -12,7 +12,7 @@ flwr = pytest.importorskip("flwr", reason="Flower is in the test set-up: pip ins
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
-from modefuse.flower import FedFusion, Settings, simulate  # noqa: E402
+from modefuse.federated.flower import FedFusion, Settings, simulate  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Fusion on real data (Fashion-MNIST): the WB paper's claims at a small scale."""
 
 import modefuse as mf
-from modefuse.interpolate import Blender
+from modefuse.landscape.interpolate import Blender
 
 
 def acc(model, data):
@@ -57,7 +57,7 @@ def test_models_of_different_widths_fuse_into_a_third_width(fmnist_train, fmnist
 
 
 def test_gromov_beats_averaging_and_wb_on_lstms(fmnist_train, fmnist_test, zoo_dir):
-    from modefuse.trained import trained
+    from modefuse.zoo.train_or_load import trained
     lstms = [trained(zoo_dir / f"lstm_s{s}.safetensors", "lstm", fmnist_train, seed=s, epochs=2, progress=False,
                      model_kwargs={"hidden": 128}) for s in (0, 1)]
     res = {m: acc(mf.fuse(lstms, method=m).model, fmnist_test) for m in ("average", "wasserstein", "gromov")}

@@ -6,7 +6,7 @@ import torch
 
 import modefuse as mf
 import reference_fusion as ref
-from modefuse.fuse import _Fuser, _METHODS, sqdist
+from modefuse.merge.fuse import _Fuser, _METHODS, sqdist
 
 
 def as_layers(model):

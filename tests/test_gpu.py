@@ -56,7 +56,7 @@ def test_planted_permutation_undone_on_gpu():
 
 def sys_align():
     import sys
-    return sys.modules["modefuse.align"]
+    return sys.modules["modefuse.match.align"]
 
 
 def test_activation_matching_and_fusion_on_gpu():

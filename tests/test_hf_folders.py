@@ -8,11 +8,12 @@ import torch
 import transformers
 
 import modefuse as mf
-from modefuse import hf, lazystate
+from modefuse import hf
+from modefuse.storage import lazystate
 from modefuse.cli import main
-from modefuse.transport import random_perms
+from modefuse.spec.transport import random_perms
 
-weight_matching = sys.modules["modefuse.align"].weight_matching
+weight_matching = sys.modules["modefuse.match.align"].weight_matching
 
 
 def _gpt2(layers=2, seed=0):
@@ -65,7 +66,7 @@ def test_streamed_weight_matching_equals_the_in_memory_one(gpt2_folders):
     a.save_pretrained(tmp / "a2")
     b.save_pretrained(tmp / "b2", max_shard_size="100KB")
     skel = hf.skeleton(tmp / "a2")
-    spec = hf._restrict(mf.infer_spec(skel, hf.example_input(skel)[0]), skel, lazystate.LazyState(tmp / "a2"),
+    spec = hf.folders._restrict(mf.infer_spec(skel, hf.example_input(skel)[0]), skel, lazystate.LazyState(tmp / "a2"),
                         tmp / "a2")
     lazy, _ = weight_matching(spec, lazystate.LazyState(tmp / "a2"), lazystate.LazyState(tmp / "b2"), tol=0)
     eager, _ = weight_matching(spec, a.state_dict(), b.state_dict(), tol=0)
@@ -118,13 +119,13 @@ def test_an_interruption_or_a_full_disk_leaves_nothing_partial_and_a_rerun_works
             raise failure()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hf, "write_streamed", dies_on_the_third_shard)
+    monkeypatch.setattr(hf.folders, "write_streamed", dies_on_the_third_shard)
     expected = KeyboardInterrupt if failure is KeyboardInterrupt else mf.CheckpointError
     with pytest.raises(expected, match=None if failure is KeyboardInterrupt else "No space left.*nothing was left"):
         hf.align_folders(tmp / "a", tmp / "b", tmp / "c", seed=1, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp / "c").iterdir()} == before  # the old result, untouched
     assert not [p for p in tmp.iterdir() if p.name.startswith(".")]
-    monkeypatch.setattr(hf, "write_streamed", real)
+    monkeypatch.setattr(hf.folders, "write_streamed", real)
     hf.align_folders(tmp / "a", tmp / "b", tmp / "d", progress=False)  # a rerun works
     assert transformers.GPT2LMHeadModel.from_pretrained(tmp / "d") is not None
 
@@ -222,7 +223,7 @@ def _hf_loss(model, data):
 
 
 def test_interpolating_folders_measures_next_token_loss_and_keeps_the_aligned_function(lm_folders):
-    from modefuse.textdata import token_blocks
+    from modefuse.hf.textdata import token_blocks
     tmp = lm_folders
     paths = hf.interpolate_folders(tmp / "a", tmp / "b", tmp / "text.txt", steps=3, align=True, block=32,
                                    progress=False)

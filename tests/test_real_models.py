@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import modefuse as mf
-from modefuse.transport import random_perms
+from modefuse.spec.transport import random_perms
 
 T = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e '.[test]'")
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import modefuse as mf
-from modefuse.transport import random_perms
+from modefuse.spec.transport import random_perms
 from zoo import INPUTS, ZOO, build
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import modefuse as mf
-from modefuse import speccache
-from modefuse.infer import Trace
+from modefuse.spec import cache as speccache
+from modefuse.spec.infer import Trace
 
-infer = sys.modules["modefuse.infer"]
+infer = sys.modules["modefuse.spec.infer"]
 
 
 class Pinned(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import modefuse as mf
 from reference_weight_matching import apply_perms, weight_matching_reference
 
-weight_matching = sys.modules["modefuse.align"].weight_matching
+weight_matching = sys.modules["modefuse.match.align"].weight_matching
 
 
 def _numpy(model):
@@ -65,7 +65,7 @@ def test_trained_cnns_match_the_reference(cnn_pair):
 
 def test_refreshed_terms_equal_recomputed_ones(mlp400_six):
     """The low-rank refresh of a cached term equals the term computed afresh."""
-    from modefuse.scoreterms import ScoreTerms
+    from modefuse.match.scoreterms import ScoreTerms
     a, b = mlp400_six[0], mlp400_six[1]
     spec = mf.infer_spec(a, torch.zeros(2, 1, 28, 28))
     perms = {h: torch.arange(n) for h, n in spec.sizes.items()}

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from . import cliargs as T
 from .cliargs import UsageError
 from .errors import ModefuseError
@@ -30,7 +30,7 @@ _MODEL_OPTIONS = {"widths": ("mlp",), "width": ("vgg", "resnet"), "depth": ("res
 
 def _model_kwargs(args) -> dict:
     """The zoo model's keyword arguments from the options; UsageError for one the model does not take."""
-    from .models import ALIASES, resolve
+    from .zoo.models import ALIASES, resolve
     base, implied = ALIASES.get(args.model, (args.model, {}))
     kw = {}
     for key, models in _MODEL_OPTIONS.items():
@@ -167,7 +167,7 @@ def cmd_align(args) -> int:
 
 def _folders(*paths) -> bool:
     """Whether the inputs are Hugging Face folders (all of them; a mix is refused)."""
-    from .hf import is_folder
+    from .hf.folders import is_folder
     kinds = [is_folder(p) for p in paths]
     if any(kinds) and not all(kinds):
         odd = paths[kinds.index(False)]
@@ -189,7 +189,7 @@ def _read_spec(path):
 
 def _write_spec(args, spec) -> None:
     if getattr(args, "save_spec", None):
-        from .atomic import write_text
+        from .storage.atomic import write_text
         write_text(args.save_spec, spec.to_json() + "\n")
 
 
@@ -357,7 +357,7 @@ def _plane_args(p):
 @command("plane", "loss and accuracy over the plane through model 1, model 2 and permuted model 2", _plane_args)
 def cmd_plane(args) -> int:
     import modefuse as mf
-    from .atomic import write_json
+    from .storage.atomic import write_json
     if args.c and args.align:
         raise UsageError("--align permutes model 2 into the third model; with a third checkpoint given, drop --align")
     method = args.align or "weight"
@@ -457,10 +457,10 @@ def cmd_federate(args) -> int:
         raise UsageError("--client-widths needs --method wasserstein (the only fusion across widths)")
     if any(len(w) != len(args.widths) for w in args.client_widths or []):
         raise UsageError("every --client-widths must have as many layers as --widths")
-    from .data import load
+    from .zoo.data import load
     load("fashion-mnist", "train", args.data_dir)  # fail now, in one line, when the data is missing
     try:
-        from .flower import Settings, simulate
+        from .federated.flower import Settings, simulate
     except ImportError as e:
         raise ModefuseError(str(e)) from None
     s = Settings(model=args.model, model_kwargs={"widths": args.widths},
@@ -492,9 +492,8 @@ def _reproduce_args(p):
 @command("reproduce", "run one of the papers' experiments by name: tables, figures and results.json",
          _reproduce_args)
 def cmd_reproduce(args) -> int:
-    from .experiments import REGISTRY, reproduce
-    from .experiments.runner import _load_all
-    _load_all()
+    from .experiments.base import REGISTRY  # the package fills it on import
+    from .experiments.runner import reproduce
     if args.list or not args.name:
         for name, exp in REGISTRY.items():
             print(f"{name:10s}  {exp.summary}")

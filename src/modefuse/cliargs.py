@@ -87,7 +87,7 @@ def key_value(text: str) -> tuple[str, object]:
 
 def dataset(text: str) -> str:
     """A dataset name of `mf.data` (aliases such as fmnist or cifar-10 accepted)."""
-    from .data import NAMES
+    from .zoo.data import NAMES
     name = text.strip().lower().replace("_", "-")
     name = {"fmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(name, name)
     if name not in NAMES:
@@ -97,7 +97,7 @@ def dataset(text: str) -> str:
 
 def zoo_model(text: str) -> str:
     """A model name of the zoo (`mf.models`), aliases included."""
-    from .models import ALIASES, names
+    from .zoo.models import ALIASES, names
     known = names() + sorted(ALIASES)
     if text not in known:
         raise argparse.ArgumentTypeError(f"unknown model {text!r}; the zoo has: {', '.join(known)}")
@@ -138,9 +138,7 @@ def output_dir(text: str) -> str:
 
 def experiment(text: str) -> str:
     """The name of one of the papers' experiments (`modefuse reproduce --list`)."""
-    from .experiments import REGISTRY
-    from .experiments.runner import _load_all
-    _load_all()
+    from .experiments.base import REGISTRY  # the package fills it on import
     if text not in REGISTRY:
         raise argparse.ArgumentTypeError(f"unknown experiment {text!r}; choose one of {', '.join(REGISTRY)} "
                                          f"(`modefuse reproduce --list` says what each shows)")

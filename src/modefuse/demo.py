@@ -1,6 +1,6 @@
 """`make demo`: train two MLPs on Fashion-MNIST, align them, plot naive vs aligned interpolation, fuse them.
 
-Finished models are reused when the demo is run again (see `modefuse.trained`).
+Finished models are reused when the demo is run again (see `modefuse.zoo.train_or_load`).
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import modefuse as mf
-from modefuse.atomic import write_json, write_text
+from modefuse.storage.atomic import write_json, write_text
 from modefuse.plots import plot_couplings, plot_paths
-from modefuse.trained import trained
+from modefuse.zoo.train_or_load import trained
 
 
 def run(out: Path, epochs: int = 5, seeds=(0, 1), data_dir: str | None = None) -> dict:

@@ -1,4 +1,4 @@
 """The ClientApp: a zoo model trained on this node's shard, settings from [tool.flwr.app.config]."""
-from modefuse.flower import client_app
+from modefuse.federated.flower import client_app
 
 app = client_app()

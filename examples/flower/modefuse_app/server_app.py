@@ -1,4 +1,4 @@
 """The ServerApp: modefuse's FedFusion strategy, settings from [tool.flwr.app.config]."""
-from modefuse.flower import server_app
+from modefuse.federated.flower import server_app
 
 app = server_app()

@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from ..models import build_for
+from ..zoo.models import build_for
 from ..plots import plt, save_figure
-from ..training import evaluate
-from .runner import Run, experiment
+from ..zoo.training import evaluate
+from .base import Run, experiment
 
 METHODS = ("average", "otfusion", "wasserstein")
 LABEL = {"average": "FedAvg", "otfusion": "FedOTFusion", "wasserstein": "FedWB"}
@@ -20,7 +20,7 @@ ONE_SHOT = (("FedAvg", "average", {}), ("FedOTFusion", "otfusion", {}), ("FedWB"
 
 
 def _settings(ctx: Run, **kw):
-    from ..flower import Settings  # the flower extra: imported when the experiment runs
+    from ..federated.flower import Settings  # the flower extra: imported when the experiment runs
     s = ctx.settings
     return Settings(model_kwargs={"widths": s["widths"]}, n_train=s.get("n_train"), n_test=s.get("n_test"),
                     alpha=s["alpha"], **kw)
@@ -37,8 +37,8 @@ def _settings(ctx: Run, **kw):
              "full": {"clients": 10, "rounds": 30, "widths": [400, 200, 100], "alpha": 0.5, "oneshot_epochs": 5,
                       "scale": [10, 30, 100]}})
 def fed_fusion(ctx: Run) -> None:
-    from ..flower import FedFusion, simulate
-    from ..training import train
+    from ..federated.flower import FedFusion, simulate
+    from ..zoo.training import train
     s = ctx.settings
     test = ctx.data("test")
     # one-shot: each client trains from its own initialization; the server fuses once (the same client

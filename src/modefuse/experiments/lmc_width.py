@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from ..align import align
-from ..interpolate import interpolate
+from ..match.align import align
+from ..landscape.interpolate import interpolate
 from ..plots import plt, save_figure
-from .runner import Run, experiment
+from .base import Run, experiment
 
 METHODS = ("naive", "weight", "weight_cov", "activation")
 

@@ -6,10 +6,10 @@ inferred from the exported graph); the residual stream is one group through ever
 """
 from __future__ import annotations
 
-from ..align import align
-from ..interpolate import interpolate
+from ..match.align import align
+from ..landscape.interpolate import interpolate
 from ..plots import plot_paths
-from .runner import Run, experiment
+from .base import Run, experiment
 from .wb import HEADER, _fusion_rows, _input_rows
 
 ALIGNMENTS = ("naive", "weight", "activation")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import copy
 
-from .. import data as mfdata
-from ..align import align
-from ..bn import has_batchnorm, reset_bn
-from ..fuse import fuse
-from ..plane import plane
+from ..zoo import data as mfdata
+from ..match.align import align
+from ..merge.bn import has_batchnorm, reset_bn
+from ..merge.fuse import fuse
+from ..landscape.plane import plane
 from ..plots import plot_couplings
-from ..repair import repair
-from ..training import evaluate, train
-from .runner import Run, experiment
+from ..merge.repair import repair
+from ..zoo.training import evaluate, train
+from .base import Run, experiment
 
 
 

@@ -1,0 +1,2 @@
+"""Federated fusion on Flower: a Wasserstein-barycenter strategy run on Flower's simulation engine
+(`flower`; the optional extra `modefuse[flower]`)."""

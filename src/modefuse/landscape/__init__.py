@@ -1,0 +1,1 @@
+"""The loss landscape between models: linear paths and barriers, 2D planes, learned curves, attacks."""

@@ -1,0 +1,98 @@
+"""Linear mode connectivity: loss and accuracy along the straight line between two models."""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..zoo.batching import batches
+from ..merge.bn import has_batchnorm, reset_bn
+from ..checks import int_at_least, optional_positive_int, positive_int
+from ..progress import bar
+from ..storage.statedict import check_same_architecture
+from ..zoo.training import evaluate
+
+
+@dataclass
+class Path:
+    """Loss and accuracy at each alpha of the path (1 - alpha) a + alpha b, and the barriers."""
+
+    alphas: list[float]
+    loss: list[float]
+    accuracy: list[float]
+    robust_accuracy: list[float] | None = None  # with an attack: accuracy on its adversarial examples
+
+    @property
+    def loss_barrier(self) -> float:
+        """max over alpha of L(alpha) - ((1 - alpha) L(0) + alpha L(1))."""
+        l0, l1 = self.loss[0], self.loss[-1]
+        return max(l - ((1 - a) * l0 + a * l1) for a, l in zip(self.alphas, self.loss))
+
+    @property
+    def accuracy_barrier(self) -> float:
+        """max over alpha of ((1 - alpha) A(0) + alpha A(1)) - A(alpha)."""
+        a0, a1 = self.accuracy[0], self.accuracy[-1]
+        return max((1 - a) * a0 + a * a1 - acc for a, acc in zip(self.alphas, self.accuracy))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "loss_barrier": self.loss_barrier, "accuracy_barrier": self.accuracy_barrier}
+
+
+class Blender:
+    """One working copy of a model whose weights are set to any mix of given endpoints, in place."""
+
+    def __init__(self, *endpoints: nn.Module):
+        states = [m.state_dict() for m in endpoints]
+        for s in states[1:]:
+            check_same_architecture(states[0], s, "the first model", "another model")
+        self.module = copy.deepcopy(endpoints[0])
+        self.targets = self.module.state_dict()  # live tensors of the working copy
+        self.keys = [k for k, v in self.targets.items() if v.is_floating_point()]
+        self.stacks = {k: torch.stack([s[k].to(self.targets[k].device, torch.float32) for s in states])
+                       for k in self.keys}
+        self.batchnorm = has_batchnorm(self.module)
+
+    @torch.no_grad()
+    def set(self, coefficients) -> nn.Module:
+        """Weights = sum_i coefficients[i] * endpoint_i (for all floating tensors, BN statistics included)."""
+        c = torch.as_tensor(coefficients, dtype=torch.float32)
+        for k in self.keys:
+            st = self.stacks[k]
+            self.targets[k].copy_(torch.tensordot(c.to(st.device), st, dims=1))
+        return self.module
+
+    def evaluate(self, coefficients, data, bn_data=None, loss_fn=None) -> dict[str, float]:
+        """Loss and accuracy at that mix on `data`, BatchNorm statistics recomputed on `bn_data` (default `data`)."""
+        m = self.set(coefficients)
+        if self.batchnorm:
+            reset_bn(m, bn_data if bn_data is not None else data)
+        return evaluate(m, data, loss_fn=loss_fn)
+
+
+def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stats: bool = True, bn_data=None,
+                loss_fn=None, progress: bool = True, limit: int | None = None, attack=None,
+                attack_limit: int = 2000) -> Path:
+    """Evaluate (1 - alpha) a + alpha b at `steps` alphas in [0, 1] on `data`.
+
+    With BatchNorm, statistics are recomputed at each point on `bn_data` (default: `data`),
+    since averaged statistics do not describe the averaged network. With `attack` (an `mf.PGD`),
+    robust accuracy on the first `attack_limit` examples too.
+    """
+    from .attack import robust_accuracy
+    steps = int_at_least(steps, 2, "steps")
+    limit = optional_positive_int(limit, "limit")
+    attack_limit = positive_int(attack_limit, "attack_limit")
+    blend = Blender(a, b)
+    blend.batchnorm &= reset_bn_stats
+    cached = list(batches(data, 1000, limit=limit))  # materialize once, reuse at every point
+    alphas = torch.linspace(0, 1, steps).tolist()
+    loss, acc, robust = [], [], []
+    for alpha in bar(alphas, desc="interpolating", enabled=progress, unit="point"):
+        r = blend.evaluate([1 - alpha, alpha], cached, bn_data, loss_fn)
+        loss.append(r["loss"])
+        acc.append(r["accuracy"])
+        if attack is not None:
+            robust.append(robust_accuracy(blend.module, cached, attack, limit=attack_limit))
+    return Path(alphas, loss, acc, robust if attack is not None else None)

@@ -1,0 +1,131 @@
+"""Statistics of hidden units on data, read at named nodes of a model's exported graph.
+
+Activation matching needs the cross-correlation of two models' units;
+covariance-weighted weight matching needs the second moment of each layer's
+inputs; REPAIR needs each unit's mean and std. All stream over batches
+(`tapped_samples`), so memory does not grow with the data.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..zoo.batching import batches
+
+
+def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """(samples, units): every position other than the unit axis is a sample (conv: space; RNN: steps)."""
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis]).double()
+
+
+class CrossMoments:
+    """Running sums for the correlation between the units of two models."""
+
+    def __init__(self):
+        self.n = 0
+        self.sa = self.sb = self.saa = self.sbb = self.sab = 0.0
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.n += len(a)
+        self.sa = self.sa + a.sum(0)
+        self.sb = self.sb + b.sum(0)
+        self.saa = self.saa + (a * a).sum(0)
+        self.sbb = self.sbb + (b * b).sum(0)
+        self.sab = self.sab + a.T @ b
+
+    def correlation(self, eps: float = 1e-8) -> torch.Tensor:
+        ma, mb = self.sa / self.n, self.sb / self.n
+        cov = self.sab / self.n - ma[:, None] * mb[None, :]
+        sa = (self.saa / self.n - ma ** 2).clamp_min(0).sqrt()
+        sb = (self.sbb / self.n - mb ** 2).clamp_min(0).sqrt()
+        return cov / (sa[:, None] * sb[None, :] + eps)
+
+
+@torch.no_grad()
+def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
+                   batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
+    """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
+    unit axis) pairs of the models' exported graph (`trace`: the `infer.Trace`, `spec.trace`). A node
+    may be read at several axes (attention: heads and the order within them)."""
+    points = sorted(set(points))
+    names = sorted({n for n, _ in points})
+    taps: dict[tuple[int, int], object] = {}
+    device = next(models[0].parameters()).device
+    for x, _ in batches(data, batch_size, device=device, limit=limit):
+        out = []
+        for i, m in enumerate(models):
+            if (i, len(x)) not in taps:
+                taps[(i, len(x))] = trace.tap(m, names, len(x))
+            values = dict(zip(names, taps[(i, len(x))](x)))
+            out.append({(n, ax): as_samples(values[n], ax % values[n].dim()) for n, ax in points})
+        yield out
+
+
+def _points(taps: dict[str, list[tuple[str, int]]]) -> set[tuple[str, int]]:
+    return {(n, ax) for nodes in taps.values() for n, ax in nodes}
+
+
+def unit_correlations(ref: nn.Module, model: nn.Module, trace,
+                      taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
+                      batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
+    points = _points(taps)
+    stats = {p: CrossMoments() for p in points}
+    for a, b in tapped_samples([ref, model], trace, points, data, limit, batch_size):
+        for p in points:
+            stats[p].update(a[p], b[p])
+    return {g: sum(stats[(n, ax)].correlation() for n, ax in nodes) for g, nodes in taps.items() if nodes}
+
+
+def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]], data,
+                     limit: int = 500, max_features: int = 4096) -> dict[str, torch.Tensor]:
+    """Per group, each unit's activations on data as a feature row: (units, samples), float32.
+
+    Every tapped node of the group adds its samples (conv positions and time steps count as samples);
+    at most `max_features` samples per node are kept, at a fixed stride (the same for every model).
+    """
+    points = _points(taps)
+    parts: dict[tuple[str, int], list[torch.Tensor]] = {p: [] for p in points}
+    batch_size = 100
+    n_batches = -(-limit // batch_size)
+    for (samples,) in tapped_samples([model], trace, points, data, limit, batch_size):
+        for p, v in samples.items():
+            step = max(1, -(-len(v) * n_batches // max_features))
+            parts[p].append(v[::step].float())
+    return {g: torch.cat([torch.cat(parts[(n, ax)])[:max_features].T for n, ax in nodes], 1)
+            for g, nodes in taps.items() if nodes}
+
+
+def unit_moments(model: nn.Module, trace, axes: dict[str, int], data, limit: int = 5000,
+                 batch_size: int = 500) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and std of every unit at the nodes of `axes` (name -> unit axis)."""
+    s1: dict = {}
+    s2: dict = {}
+    n: dict = {}
+    for (samples,) in tapped_samples([model], trace, axes.items(), data, limit, batch_size):
+        for (k, _), v in samples.items():
+            s1[k] = s1.get(k, 0) + v.sum(0)
+            s2[k] = s2.get(k, 0) + (v * v).sum(0)
+            n[k] = n.get(k, 0) + len(v)
+    return {k: (s1[k] / n[k], (s2[k] / n[k] - (s1[k] / n[k]) ** 2).clamp_min(0).sqrt()) for k in axes}
+
+
+def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
+                         batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """E[x x^T] of the inputs of every linear and convolution layer, keyed by its weight's state key.
+
+    Linear: over input features; conv: over input channels, positions as samples.
+    """
+    inputs, axes = {}, {}
+    for key, node_name, axis in trace.layer_inputs():
+        inputs[key] = node_name
+        axes[node_name] = axis
+    sums: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {}
+    for (samples,) in tapped_samples([model], trace, axes.items(), data, limit, batch_size):
+        for (k, _), v in samples.items():
+            sums[k] = sums.get(k, 0) + v.T @ v
+            count[k] = count.get(k, 0) + len(v)
+    return {layer: sums[name] / count[name] for layer, name in inputs.items()}

@@ -1,0 +1,142 @@
+"""Permutation specs: which axes of which tensors share one hidden-unit order.
+
+A `PermutationSpec` is plain data, as in Git Re-Basin: `groups` maps a group
+name to the `(state_dict key, axis)` pairs its permutation moves. Where a
+group's units do not sit one per position on an axis, `layouts` says how they
+do: a channel flattened into H*W features of a Linear (`block`), an LSTM's four
+gate chunks (`tiles`, `stride`), a concatenation (`offset`). Algorithms only
+read this data; `infer_spec` builds it from any module through `torch.export`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple
+
+import torch
+
+from ..errors import ModefuseError
+
+
+class Layout(NamedTuple):
+    """Where a group's units sit on one tensor axis: position of unit c, copy j, chunk g is
+    offset + g * stride + c * block + j (stride 0 means units * block)."""
+
+    offset: int = 0
+    block: int = 1
+    tiles: int = 1
+    stride: int = 0
+
+    def positions(self, n: int) -> torch.Tensor:
+        """(n, tiles * block) axis positions of each of the `n` units."""
+        stride = self.stride or n * self.block
+        c = torch.arange(n).view(n, 1, 1) * self.block
+        g = torch.arange(self.tiles).view(1, self.tiles, 1) * stride
+        j = torch.arange(self.block).view(1, 1, self.block)
+        return (self.offset + c + g + j).reshape(n, self.tiles * self.block)
+
+
+PLAIN = Layout()
+SPEC_FORMAT = "modefuse-spec/1"
+
+
+@dataclass
+class PermutationSpec:
+    """groups: name -> [(state_dict key, axis)]; layouts: (name, key, axis) -> Layout where not plain."""
+
+    groups: dict[str, list[tuple[str, int]]]
+    layouts: dict[tuple[str, str, int], Layout] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    # entries where the group's units are contracted (a layer's input axis) rather than produced;
+    # fusion maps them with the source width's scale. None: axis >= 1 of a tensor of 2+ dims
+    contracted: set[tuple[str, int]] | None = None
+    # inferred specs also name, per group, the graph nodes whose outputs carry its units (node, axis):
+    # activation-based alignment records them
+    unit_nodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False, compare=False)
+    trace: object = field(default=None, repr=False, compare=False)  # infer.Trace it was read from
+
+    def __post_init__(self):
+        self.groups = {g: [(str(k), int(a)) for k, a in axes] for g, axes in self.groups.items()}
+        self.layouts = {k: Layout(*v) for k, v in self.layouts.items()}
+
+    def copy(self) -> "PermutationSpec":
+        return PermutationSpec({g: list(a) for g, a in self.groups.items()}, dict(self.layouts), dict(self.sizes),
+                               None if self.contracted is None else set(self.contracted),
+                               {g: list(n) for g, n in self.unit_nodes.items()}, self.trace)
+
+    def layout(self, group: str, key: str, axis: int) -> Layout:
+        return self.layouts.get((group, key, axis), PLAIN)
+
+    def is_input(self, key: str, axis: int, ndim: int) -> bool:
+        """Whether `axis` of tensor `key` contracts units (a layer's input) rather than holding them."""
+        if self.contracted is not None:
+            return (key, axis) in self.contracted
+        return axis >= 1 and ndim >= 2
+
+    @property
+    def axes_of(self) -> dict[str, list[tuple[int, str]]]:
+        """The inverse map: state_dict key -> [(axis, group)]."""
+        inv: dict[str, list[tuple[int, str]]] = {}
+        for g, axes in self.groups.items():
+            for k, a in axes:
+                inv.setdefault(k, []).append((a, g))
+        return inv
+
+    def check(self, state: Mapping[str, torch.Tensor]) -> "PermutationSpec":
+        """Check every entry against `state` and fill in `sizes`; raise naming the first bad one."""
+        for g, axes in self.groups.items():
+            for k, a in axes:
+                if k not in state:
+                    raise ModefuseError(f"permutation spec group {g!r} names tensor {k!r}, which the model "
+                                        f"does not have")
+                if not 0 <= a < state[k].dim():
+                    raise ModefuseError(f"spec group {g!r}: tensor {k!r} has no axis {a} "
+                                        f"(shape {tuple(state[k].shape)})")
+            if g not in self.sizes:
+                plain = [state[k].shape[a] for k, a in axes if self.layout(g, k, a) == PLAIN]
+                if not plain:
+                    raise ModefuseError(f"spec group {g!r}: give its number of units in sizes= (every "
+                                        f"entry has a layout, so it cannot be read off a tensor)")
+                self.sizes[g] = int(plain[0])
+            n = self.sizes[g]
+            for k, a in axes:
+                lay, size = self.layout(g, k, a), state[k].shape[a]
+                if int(lay.positions(n).max()) >= size:
+                    raise ModefuseError(f"spec group {g!r} has {n} units but axis {a} of {k!r} (size {size}, "
+                                        f"layout {tuple(lay)}) does not fit them")
+        return self
+
+    def to_json(self) -> str:
+        """The spec as JSON text (the trace it was read from is left out); `from_json` reads it back."""
+        return json.dumps({
+            "format": SPEC_FORMAT,
+            "groups": {g: [[k, a] for k, a in axes] for g, axes in self.groups.items()},
+            "layouts": [[g, k, a, list(lay)] for (g, k, a), lay in self.layouts.items()],
+            "sizes": self.sizes,
+            "contracted": None if self.contracted is None else sorted([k, a] for k, a in self.contracted),
+            "unit_nodes": {g: [[n, a] for n, a in nodes] for g, nodes in self.unit_nodes.items()},
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PermutationSpec":
+        """The spec written by `to_json` (or by hand in its format); raises naming what is malformed."""
+        try:
+            d = json.loads(text)
+            if d.get("format") != SPEC_FORMAT:
+                raise ValueError(f"format is {d.get('format')!r}, expected {SPEC_FORMAT!r}")
+            contracted = d.get("contracted")
+            return cls({g: [(k, a) for k, a in axes] for g, axes in d["groups"].items()},
+                       {(g, k, a): Layout(*lay) for g, k, a, lay in d.get("layouts", [])},
+                       {g: int(n) for g, n in d.get("sizes", {}).items()},
+                       None if contracted is None else {(k, a) for k, a in contracted},
+                       {g: [(n, a) for n, a in nodes] for g, nodes in d.get("unit_nodes", {}).items()})
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ModefuseError(f"not a modefuse permutation spec: {type(e).__name__}: {e}; write one with "
+                                f"spec.to_json()") from None
+
+    def __repr__(self) -> str:
+        lines = [f"PermutationSpec({len(self.groups)} groups)"]
+        for g, axes in self.groups.items():
+            n = self.sizes.get(g, "?")
+            lines.append(f"  {g} [{n}]: " + ", ".join(f"{k}:{a}" for k, a in axes))
+        return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Training and evaluation: deterministic per seed on CPU, resumable, with a progress bar."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from . import checkpoint
+from .batching import batches
+from ..checks import fraction_below_one, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
+    positive_int
+from ..errors import ModefuseError
+from .models import check_input
+from ..progress import bar, write
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def lr_at(schedule: str, lr: float, step: int, total: int) -> float:
+    """Learning rate at `step` of `total`: "cosine" to zero, "step" (x0.1 at 50% and 75%) or "constant"."""
+    frac = step / max(total, 1)
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * frac))
+    if schedule == "step":
+        return lr * (0.1 ** ((frac >= 0.5) + (frac >= 0.75)))
+    if schedule == "constant":
+        return lr
+    raise ModefuseError(f"unknown schedule {schedule!r}; use 'cosine', 'step' or 'constant'")
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ModefuseError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
+
+
+def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: int = 0,
+          optimizer: str = "adam", batch_size: int = 128, schedule: str = "cosine", momentum: float = 0.9,
+          weight_decay: float = 0.0, eval_data=None, resume: str | os.PathLike | None = None,
+          progress: bool = True, loss_fn: LossFn | None = None,
+          perturb: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          ) -> list[dict[str, Any]]:
+    """Train `model` in place; return one dict of metrics per epoch.
+
+    The same seed gives the same weights on CPU: batch order and dropout are
+    seeded per epoch, so a run resumed from `resume` (a training-state file
+    written after every epoch, removed when training ends) ends where an
+    uninterrupted run would. `perturb(model, x, y)` replaces each input batch
+    (adversarial training); `eval_data` adds test metrics per epoch.
+    """
+    epochs = nonneg_int(epochs, "epochs")
+    lr = positive_float(lr, "lr")
+    batch_size = positive_int(batch_size, "batch_size")
+    one_of(optimizer, ("adam", "sgd"), "optimizer")
+    one_of(schedule, ("cosine", "step", "constant"), "schedule")
+    momentum = fraction_below_one(momentum, "momentum")
+    weight_decay = nonneg_float(weight_decay, "weight_decay")
+    loss_fn = loss_fn or F.cross_entropy
+    device = _device_of(model)
+    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume is not None and Path(resume).is_file():
+        info = checkpoint.load_state(resume, model, opt)
+        history, start = info.get("history", []), int(info.get("epoch", 0))
+        if progress:
+            write(f"resuming from {resume} after epoch {start}")
+    steps_per_epoch = math.ceil(_num_examples(dataset, batch_size) / batch_size)
+    total = steps_per_epoch * epochs
+    for epoch in range(start, epochs):
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout and other in-model randomness
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        model.train()
+        t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
+        pbar = bar(batches(dataset, batch_size, shuffle=True, generator=gen, device=device),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress, unit="batch")
+        for i, (x, y) in enumerate(pbar):
+            if i == 0:
+                check_input(model, x)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(schedule, lr, epoch * steps_per_epoch + i, total)
+            if perturb is not None:
+                x = perturb(model, x, y)
+                model.train()
+            out = model(x)
+            loss = loss_fn(out, y)
+            if not torch.isfinite(loss):
+                raise ModefuseError(f"training diverged at epoch {epoch + 1}, batch {i + 1} (loss {loss.item()}); "
+                                    f"lower the learning rate (now {lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+            if i % 20 == 0:
+                pbar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
+               "seconds": time.perf_counter() - t0, "examples_per_s": n / (time.perf_counter() - t0)}
+        if eval_data is not None:
+            row.update({f"test_{k}": v for k, v in evaluate(model, eval_data, loss_fn=loss_fn).items()})
+        history.append(row)
+        if progress:
+            write("epoch {epoch}: ".format(**row) + ", ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "examples_per_s")))
+        if resume is not None:
+            checkpoint.save_state(resume, model, opt, epoch=epoch + 1, history=history, seed=seed)
+    if resume is not None and Path(resume).is_file():
+        Path(resume).unlink()
+    return history
+
+
+def _num_examples(data, batch_size: int) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        return sum(len(x) for x, _ in batches(data, batch_size))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, loss_fn: LossFn | None = None, batch_size: int = 1000,
+             params: Mapping[str, torch.Tensor] | None = None, limit: int | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of `model` on `data` (at `params` instead of its own weights, if given)."""
+    batch_size = positive_int(batch_size, "batch_size")
+    limit = optional_positive_int(limit, "limit")
+    loss_fn = loss_fn or F.cross_entropy
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for x, y in batches(data, batch_size, device=device, limit=limit):
+            if y is None:
+                raise ModefuseError("evaluate needs labelled data: (inputs, targets) batches")
+            if n == 0:
+                check_input(model, x)
+            out = model(x) if params is None else functional_call(model, params, (x,))
+            # per target: one per example for a classifier, one per position for a sequence (a language model)
+            loss_sum += loss_fn(out, y).item() * y.numel()
+            correct += (out.argmax(1) == y).sum().item()
+            n += y.numel()
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ModefuseError("evaluate got no data (an empty dataset?)")
+    return {"loss": loss_sum / n, "accuracy": correct / n}
