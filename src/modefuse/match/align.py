@@ -22,7 +22,7 @@ from torch import nn
 from ..zoo.batching import first_inputs
 from .blockmatch import block_step, inner_groups, pair_scores
 from ..errors import ModefuseError
-from ..spec.infer import infer_spec
+from ..spec.infer import infer_spec, trace_of
 from ..zoo.models import example_input as zoo_example_input
 from .probe import input_second_moments, unit_correlations
 from ..progress import bar
@@ -65,8 +65,7 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
     check_finite(state, "the model to align")
     if method != "weight" and data is None:
         raise ModefuseError(f"method {method!r} needs data: pass data= (a few thousand training inputs)")
-    spec = spec or infer_spec(reference, example_for(reference, example_input, data))
-    spec.check(ref_state)
+    spec = (spec or infer_spec(reference, example_for(reference, example_input, data))).check(ref_state)
     history: list[float] = []
     if method == "activation":
         unit_nodes, trace = taps(spec, reference, example_input, data)
@@ -205,7 +204,8 @@ def example_for(model: nn.Module, example_input=None, data=None):
 def taps(spec: PermutationSpec, model: nn.Module, example_input, data):
     """(unit_nodes, trace): where each group's units can be read on data. A hand-written spec has no
     trace: the model is traced for it (the spec itself is left as it is)."""
-    if spec.trace is None:
+    trace = trace_of(spec)
+    if trace is None:
         traced = infer_spec(model, example_for(model, example_input, data))
-        return traced.unit_nodes, traced.trace
-    return spec.unit_nodes, spec.trace
+        return traced.unit_nodes, trace_of(traced)
+    return spec.unit_nodes, trace

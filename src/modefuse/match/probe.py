@@ -47,7 +47,7 @@ class CrossMoments:
 def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
                    batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
     """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
-    unit axis) pairs of the models' exported graph (`trace`: the `infer.Trace`, `spec.trace`). A node
+    unit axis) pairs of the models' exported graph (`trace`: the `infer.Trace`, `infer.trace_of(spec)`). A node
     may be read at several axes (attention: heads and the order within them)."""
     points = sorted(set(points))
     names = sorted({n for n, _ in points})

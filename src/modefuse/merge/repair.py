@@ -16,7 +16,7 @@ from torch import nn
 
 from ..zoo.batching import first_inputs
 from .bn import reset_bn
-from ..spec.infer import infer_spec
+from ..spec.infer import infer_spec, trace_of
 from ..match.probe import unit_moments
 from ..spec.permutation_spec import Layout
 
@@ -35,7 +35,7 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     out = copy.deepcopy(model)
     x = first_inputs(data)
     spec = infer_spec(out, x)
-    trace = spec.trace
+    trace = trace_of(spec)
     # the layers whose outputs are hidden units of a group: (weight, bias, node, group, unit axis, weight's out axis)
     layers = []
     for la in trace.layers():
@@ -47,7 +47,7 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     axes = {n: a for _, _, n, _, a, _ in layers}
     end_stats = []
     for i, e in enumerate(endpoints):
-        st = unit_moments(e, infer_spec(e, x).trace, axes, data, limit)
+        st = unit_moments(e, trace_of(infer_spec(e, x)), axes, data, limit)
         if couplings is not None:  # map the endpoint's units onto the model's: barycentric average
             st = {n: tuple(len(couplings[g][i]) * couplings[g][i].double() @ v for v in st[n])
                   for _, _, n, g, _, _ in layers}

@@ -659,6 +659,21 @@ def infer_spec(model: nn.Module, example_input, unknown: str = "error",
             _CACHE.popitem(last=False)
     if not trace.programs:
         trace.bind(model)
-    spec = spec.copy()
-    spec.trace = trace
-    return spec.check(model.state_dict())
+    spec = spec.check(model.state_dict())
+    _remember(spec, trace)
+    return spec
+
+
+_TRACES: dict[int, Trace] = {}  # id(spec) -> the trace it was inferred from, while the spec lives
+
+
+def _remember(spec: PermutationSpec, trace: Trace) -> None:
+    if id(spec) not in _TRACES:
+        _TRACES[id(spec)] = trace
+        weakref.finalize(spec, _TRACES.pop, id(spec), None)
+
+
+def trace_of(spec: PermutationSpec) -> Trace | None:
+    """The traced graph `spec` was inferred from (activation probes, REPAIR and planes read it), or None
+    for a spec written by hand or read from a file. Kept apart: the spec itself is plain data."""
+    return _TRACES.get(id(spec))

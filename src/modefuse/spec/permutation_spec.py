@@ -10,8 +10,9 @@ read this data; `infer_spec` builds it from any module through `torch.export`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -40,29 +41,45 @@ PLAIN = Layout()
 SPEC_FORMAT = "modefuse-spec/1"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PermutationSpec:
-    """groups: name -> [(state_dict key, axis)]; layouts: (name, key, axis) -> Layout where not plain."""
+    """groups: name -> [(state_dict key, axis)]; layouts: (name, key, axis) -> Layout where not plain.
 
-    groups: dict[str, list[tuple[str, int]]]
-    layouts: dict[tuple[str, str, int], Layout] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
+    Frozen data: built once (by `infer_spec`, `from_axes`, `from_json` or by hand) and never changed;
+    `check(state)` returns a checked spec with the sizes filled in. The graph a spec was inferred from
+    is kept apart (`modefuse.spec.infer.trace_of(spec)`).
+    """
+
+    groups: Mapping[str, Sequence[tuple[str, int]]]
+    layouts: Mapping[tuple[str, str, int], Layout] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)
     # entries where the group's units are contracted (a layer's input axis) rather than produced;
     # fusion maps them with the source width's scale. None: axis >= 1 of a tensor of 2+ dims
-    contracted: set[tuple[str, int]] | None = None
+    contracted: frozenset[tuple[str, int]] | None = None
     # inferred specs also name, per group, the graph nodes whose outputs carry its units (node, axis):
-    # activation-based alignment records them
-    unit_nodes: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False, compare=False)
-    trace: object = field(default=None, repr=False, compare=False)  # infer.Trace it was read from
+    # activation-based alignment reads them (names only: the graph itself is not part of the spec)
+    unit_nodes: Mapping[str, Sequence[tuple[str, int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        self.groups = {g: [(str(k), int(a)) for k, a in axes] for g, axes in self.groups.items()}
-        self.layouts = {k: Layout(*v) for k, v in self.layouts.items()}
+        put = object.__setattr__.__get__(self)
+        put("groups", {str(g): tuple((str(k), int(a)) for k, a in axes) for g, axes in self.groups.items()})
+        put("layouts", {(str(g), str(k), int(a)): Layout(*v) for (g, k, a), v in self.layouts.items()})
+        put("sizes", {str(g): int(n) for g, n in self.sizes.items()})
+        put("contracted", None if self.contracted is None else frozenset((str(k), int(a)) for k, a in self.contracted))
+        put("unit_nodes", {str(g): tuple((str(n), int(a)) for n, a in nodes) for g, nodes in self.unit_nodes.items()})
 
-    def copy(self) -> "PermutationSpec":
-        return PermutationSpec({g: list(a) for g, a in self.groups.items()}, dict(self.layouts), dict(self.sizes),
-                               None if self.contracted is None else set(self.contracted),
-                               {g: list(n) for g, n in self.unit_nodes.items()}, self.trace)
+    @classmethod
+    def from_axes(cls, axes: Mapping[str, Sequence[str | None]], layouts: Mapping | None = None,
+                  sizes: Mapping[str, int] | None = None) -> "PermutationSpec":
+        """A hand-written spec from each tensor's axes, as Git Re-Basin's `axes_to_perm`: for every
+        state_dict key, one group name (or None: not permuted) per axis. E.g. for a two-layer MLP
+        `{"fc1.weight": ("h", None), "fc1.bias": ("h",), "fc2.weight": (None, "h")}`."""
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for key, names in axes.items():
+            for a, g in enumerate(names):
+                if g is not None:
+                    groups.setdefault(g, []).append((key, a))
+        return cls(groups, layouts or {}, sizes or {})
 
     def layout(self, group: str, key: str, axis: int) -> Layout:
         return self.layouts.get((group, key, axis), PLAIN)
@@ -73,9 +90,9 @@ class PermutationSpec:
             return (key, axis) in self.contracted
         return axis >= 1 and ndim >= 2
 
-    @property
+    @cached_property
     def axes_of(self) -> dict[str, list[tuple[int, str]]]:
-        """The inverse map: state_dict key -> [(axis, group)]."""
+        """The inverse map: state_dict key -> [(axis, group)] (computed once)."""
         inv: dict[str, list[tuple[int, str]]] = {}
         for g, axes in self.groups.items():
             for k, a in axes:
@@ -83,7 +100,9 @@ class PermutationSpec:
         return inv
 
     def check(self, state: Mapping[str, torch.Tensor]) -> "PermutationSpec":
-        """Check every entry against `state` and fill in `sizes`; raise naming the first bad one."""
+        """This spec checked against `state`, with the sizes it does not give read off the tensors (a new
+        spec where sizes were missing); raises naming the first bad entry."""
+        sizes = dict(self.sizes)
         for g, axes in self.groups.items():
             for k, a in axes:
                 if k not in state:
@@ -92,19 +111,19 @@ class PermutationSpec:
                 if not 0 <= a < state[k].dim():
                     raise ModefuseError(f"spec group {g!r}: tensor {k!r} has no axis {a} "
                                         f"(shape {tuple(state[k].shape)})")
-            if g not in self.sizes:
+            if g not in sizes:
                 plain = [state[k].shape[a] for k, a in axes if self.layout(g, k, a) == PLAIN]
                 if not plain:
                     raise ModefuseError(f"spec group {g!r}: give its number of units in sizes= (every "
                                         f"entry has a layout, so it cannot be read off a tensor)")
-                self.sizes[g] = int(plain[0])
-            n = self.sizes[g]
+                sizes[g] = int(plain[0])
+            n = sizes[g]
             for k, a in axes:
                 lay, size = self.layout(g, k, a), state[k].shape[a]
                 if int(lay.positions(n).max()) >= size:
                     raise ModefuseError(f"spec group {g!r} has {n} units but axis {a} of {k!r} (size {size}, "
                                         f"layout {tuple(lay)}) does not fit them")
-        return self
+        return self if sizes == self.sizes else replace(self, sizes=sizes)
 
     def to_json(self) -> str:
         """The spec as JSON text (the trace it was read from is left out); `from_json` reads it back."""

@@ -6,7 +6,7 @@ import torch
 
 import modefuse as mf
 from modefuse.landscape.curves import coefficients
-from zoo import build
+from zoo_instances import build
 
 
 def _weights(m):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from zoo import INPUTS, ZOO, build
+from zoo_instances import INPUTS, ZOO, build
 
 
 @pytest.mark.parametrize("input_kind", list(INPUTS))

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 import modefuse as mf
 from modefuse.zoo.checkpoint import load_state, save_state
-from zoo import build
+from zoo_instances import build
 
 
 @pytest.fixture

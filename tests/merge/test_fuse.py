@@ -3,12 +3,11 @@ import torch
 
 import modefuse as mf
 from modefuse.spec.transport import random_perms
-from test_spec import _randomize_norm_stats
-from zoo import build
+from zoo_instances import build, randomize_norm_stats
 
 
 def _copies(key, k=3):
-    ref = _randomize_norm_stats(build(key, seed=0)).eval()
+    ref = randomize_norm_stats(build(key, seed=0)).eval()
     x = torch.rand(32, 1, 28, 28)
     spec = mf.infer_spec(ref, x[:2])
     copies = []
@@ -87,7 +86,7 @@ def test_bad_input_is_named():
 
 @pytest.mark.parametrize("key", ["vgg_bn", "resnet20_layer"])
 def test_convolutional_models_fuse_into_other_widths(key):
-    m = _randomize_norm_stats(build(key, seed=0)).eval()
+    m = randomize_norm_stats(build(key, seed=0)).eval()
     x = torch.rand(8, 1, 28, 28)
     spec = mf.infer_spec(m, x[:2])
     doubled = {g: 2 * n for g, n in spec.sizes.items()}

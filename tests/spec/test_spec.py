@@ -1,28 +1,16 @@
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import modefuse as mf
 from modefuse.spec.transport import random_perms
-from zoo import INPUTS, ZOO, build
-
-
-def _randomize_norm_stats(model):
-    """Give BatchNorm/affine parameters non-trivial values so that permuting them is really tested."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
-                m.weight.normal_(1, 0.3, generator=g)
-                m.bias.normal_(0, 0.3, generator=g)
-    return model
+from zoo_instances import INPUTS, ZOO, build, randomize_norm_stats
 
 
 def assert_permutation_invariant(model, x, seed=0):
-    model = _randomize_norm_stats(model).eval()
+    model = randomize_norm_stats(model).eval()
     spec = mf.infer_spec(model, x[:2])
     assert spec.groups, "no hidden units found"
     again = mf.PermutationSpec.from_json(spec.to_json())
@@ -47,8 +35,8 @@ def test_random_permutation_keeps_zoo_outputs(key, input_kind):
 def test_mlp_spec_is_the_expected_plain_data():
     spec = mf.infer_spec(mf.models.build("mlp", widths=[5, 4]), torch.rand(2, 1, 28, 28))
     assert spec.groups == {
-        "layers.0": [("layers.0.weight", 0), ("layers.0.bias", 0), ("layers.1.weight", 1)],
-        "layers.1": [("layers.1.weight", 0), ("layers.1.bias", 0), ("layers.2.weight", 1)],
+        "layers.0": (("layers.0.weight", 0), ("layers.0.bias", 0), ("layers.1.weight", 1)),
+        "layers.1": (("layers.1.weight", 0), ("layers.1.bias", 0), ("layers.2.weight", 1)),
     }
     assert spec.sizes == {"layers.0": 5, "layers.1": 4}
 
@@ -163,7 +151,7 @@ def test_register_rule_teaches_inference_a_users_own_op():
     mf.register_rule(torch.ops.modefuse_test.gate)(mf.rules.pointwise)
     try:
         spec = assert_permutation_invariant(CustomOp(), torch.rand(8, 4))
-        assert spec.groups == {"fc1": [("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)]}
+        assert spec.groups == {"fc1": (("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1))}
     finally:
         mf.rules.RULES.pop(torch.ops.modefuse_test.gate)
 
@@ -177,10 +165,32 @@ def test_an_op_that_does_not_commute_with_permutations_pins_its_units_and_says_s
 
 def test_hand_written_spec_as_plain_data():
     model = UnknownOp()
-    spec = mf.PermutationSpec(groups={"h": [("fc1.weight", 0), ("fc1.bias", 0)]})  # cumsum: only rows move
-    spec.check(model.state_dict())
+    written = mf.PermutationSpec(groups={"h": [("fc1.weight", 0), ("fc1.bias", 0)]})  # cumsum: only rows move
+    spec = written.check(model.state_dict())
     assert spec.sizes == {"h": 4}
+    assert written.sizes == {}  # frozen data: checking returns a new spec, the one written stays as it was
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        written.sizes = {"h": 4}
     with pytest.raises(mf.ModefuseError, match="'nope.weight'"):
         mf.PermutationSpec(groups={"h": [("nope.weight", 0)]}).check(model.state_dict())
     with pytest.raises(mf.ModefuseError, match="does not fit"):
         mf.PermutationSpec(groups={"h": [("fc1.weight", 0), ("fc2.weight", 0)]}).check(model.state_dict())
+
+
+def test_from_axes_builds_the_inferred_spec_and_align_leaves_a_given_spec_as_it_was():
+    model = mf.models.build("mlp", widths=[6, 5])
+    inferred = mf.infer_spec(model, torch.rand(2, 1, 28, 28))
+    written = mf.PermutationSpec.from_axes({  # Git Re-Basin's axes_to_perm: a group name (or None) per axis
+        "layers.0.weight": ("layers.0", None), "layers.0.bias": ("layers.0",),
+        "layers.1.weight": ("layers.1", "layers.0"), "layers.1.bias": ("layers.1",),
+        "layers.2.weight": (None, "layers.1")})
+    checked = written.check(model.state_dict())
+    assert (checked.groups, checked.layouts, checked.sizes) == (inferred.groups, inferred.layouts, inferred.sizes)
+    before = written.to_json()
+    other = mf.models.build("mlp", widths=[6, 5], seed=1)
+    res = mf.align(model, other, spec=written)
+    assert written.to_json() == before and written.sizes == {}  # not filled in, no trace written onto it
+    assert res.spec.sizes == inferred.sizes
+    from modefuse.spec.infer import trace_of
+    assert trace_of(inferred) is not None and trace_of(written) is None  # the graph is kept apart from the data
+    assert inferred.axes_of is inferred.axes_of  # the inverse map is computed once

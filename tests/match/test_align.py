@@ -3,14 +3,13 @@ import torch
 
 import modefuse as mf
 from modefuse.spec.transport import invert, random_perms
-from test_spec import _randomize_norm_stats
-from zoo import build
+from zoo_instances import build, randomize_norm_stats
 
 CASES = ["mlp", "vgg_bn", "vgg", "resnet20", "resnet20_layer", "lstm"]
 
 
 def _planted(key):
-    ref = _randomize_norm_stats(build(key, seed=0)).eval()
+    ref = randomize_norm_stats(build(key, seed=0)).eval()
     x = torch.rand(256, 1, 28, 28)
     spec = mf.infer_spec(ref, x[:2])
     planted = random_perms(spec, seed=7)
