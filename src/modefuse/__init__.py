@@ -24,7 +24,8 @@ from .spec.transport import permute
 from .match.align import Alignment, align
 
 from .merge.bn import reset_bn
-from .merge.fuse import Fusion, fuse
+from .merge.fuse import fuse
+from .merge.methods import Fusion
 from .merge.repair import repair
 
 from .landscape.attack import PGD, robust_accuracy

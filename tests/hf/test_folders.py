@@ -1,7 +1,6 @@
 """Hugging Face folders: aligned streamed (neither model loaded whole), fused, and every way it can go wrong."""
 import copy
 import os
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from modefuse.storage import lazystate
 from modefuse.cli import main
 from modefuse.spec.transport import random_perms
 
-weight_matching = sys.modules["modefuse.match.align"].weight_matching
+from modefuse.match.weight_matching import weight_matching  # noqa: E402
 
 
 def _gpt2(layers=2, seed=0):

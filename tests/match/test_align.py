@@ -3,6 +3,7 @@ import torch
 
 import modefuse as mf
 from modefuse.spec.transport import invert, random_perms
+from modefuse.match.methods import ALIGNERS, register_aligner
 from zoo_instances import build, randomize_norm_stats
 
 CASES = ["mlp", "vgg_bn", "vgg", "resnet20", "resnet20_layer", "lstm"]
@@ -18,7 +19,7 @@ def _planted(key):
     return ref, shuffled, x, planted
 
 
-@pytest.mark.parametrize("method", ["weight", "activation", "weight_cov"])
+@pytest.mark.parametrize("method", sorted(ALIGNERS))  # every registered method meets the same contract
 @pytest.mark.parametrize("key", CASES)
 def test_planted_permutation_is_recovered_exactly(key, method):
     ref, shuffled, x, planted = _planted(key)
@@ -61,3 +62,20 @@ def test_nan_weights_and_missing_data_are_clear_errors():
         mf.align(a, build("mlp", seed=1), method="activation")
     with pytest.raises(mf.ModefuseError, match="unknown alignment method"):
         mf.align(a, a, method="magic")
+
+
+def test_a_new_alignment_method_is_one_function_and_one_registry_entry():
+    @register_aligner("identity")
+    def identity(p):
+        """Leave every unit where it is."""
+        return {g: torch.arange(n) for g, n in p.spec.sizes.items()}, []
+
+    try:
+        ref, shuffled, x, _ = _planted("mlp")
+        res = mf.align(ref, shuffled, method="identity")
+        assert res.method == "identity" and all(torch.equal(p, torch.arange(len(p))) for p in res.perms.values())
+        assert ALIGNERS["identity"].summary == "Leave every unit where it is."
+    finally:
+        del ALIGNERS["identity"]
+    with pytest.raises(mf.ModefuseError, match="unknown alignment method 'identity'; use one of weight"):
+        mf.align(ref, shuffled, method="identity")

@@ -1,7 +1,6 @@
 """Weight matching against an independent reference: tests/reference_weight_matching.py is Git Re-Basin's
 Algorithm 1 written from the paper alone (numpy + scipy, float64). Visiting the groups in the same order,
 ours must find the same permutations on real trained models, whatever its caches and refreshes do."""
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 import modefuse as mf
 from reference_weight_matching import apply_perms, weight_matching_reference
 
-weight_matching = sys.modules["modefuse.match.align"].weight_matching
+from modefuse.match.weight_matching import weight_matching  # noqa: E402
 
 
 def _numpy(model):

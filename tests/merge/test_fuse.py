@@ -3,6 +3,7 @@ import torch
 
 import modefuse as mf
 from modefuse.spec.transport import random_perms
+from modefuse.merge.methods import FUSERS, Fusion, register_fuser
 from zoo_instances import build, randomize_norm_stats
 
 
@@ -19,7 +20,7 @@ def _copies(key, k=3):
 
 
 @pytest.mark.parametrize("cost", ["weight", "activation"])
-@pytest.mark.parametrize("method", ["wasserstein", "otfusion", "gromov"])
+@pytest.mark.parametrize("method", sorted(m for m, f in FUSERS.items() if f.aligns))  # every registered one
 @pytest.mark.parametrize("key", ["mlp", "vgg_bn", "resnet20", "lstm"])
 def test_permuted_copies_fuse_back_to_the_model(key, method, cost):
     ref, copies, x = _copies(key)
@@ -96,3 +97,27 @@ def test_convolutional_models_fuse_into_other_widths(key):
     narrow = mf.fuse([m, build(key, seed=1)], method="wasserstein", widths=halved, example_input=x[:2]).model
     assert narrow.eval()(x).shape == (8, 10)
     assert mf.infer_spec(narrow, x[:2]).sizes == halved
+
+
+@pytest.mark.parametrize("method", sorted(FUSERS))
+def test_every_method_fuses_identical_copies_into_the_model(method):
+    m = mf.models.build("mlp", widths=[12, 6], seed=0).eval()
+    x = torch.rand(8, 1, 28, 28)
+    fused = mf.fuse([m, m, m], method=method, cost="weight").model.eval()
+    assert torch.allclose(fused(x), m(x), atol=1e-5)
+
+
+def test_a_new_fusion_method_is_one_function_and_one_registry_entry():
+    @register_fuser("first", aligns=False)
+    def first(p):
+        """Keep model 0."""
+        return Fusion(p.models[0], {}, None, "first")
+
+    try:
+        ms = [mf.models.build("mlp", widths=[8], seed=s) for s in range(2)]
+        assert mf.fuse(ms, method="first").model is ms[0]
+        assert FUSERS["first"].summary == "Keep model 0."
+    finally:
+        del FUSERS["first"]
+    with pytest.raises(mf.ModefuseError, match="unknown fusion method 'first'"):
+        mf.fuse(ms, method="first")

@@ -6,7 +6,7 @@ import torch
 
 import modefuse as mf
 import reference_fusion as ref
-from modefuse.merge.fuse import _Fuser, _METHODS, sqdist
+from modefuse.merge.couplings import CouplingRule, Fuser, sqdist
 
 
 def as_layers(model):
@@ -73,8 +73,8 @@ def _toy(w1, b1, w2, b2):
 def _fuser(models, sizes):
     specs = [mf.infer_spec(m, torch.zeros(2, 1, 1, 2)) for m in models]
     states = [m.state_dict() for m in models]
-    return _Fuser(specs, states, sizes, [1 / len(models)] * len(models), _METHODS["wasserstein"], None, 1.0, False,
-                  None)
+    return Fuser(specs, states, sizes, [1 / len(models)] * len(models), CouplingRule(free_target=True, recurrent=False),
+                 None, 1.0, False, None)
 
 
 def test_cost_compares_whole_transported_incoming_vectors():

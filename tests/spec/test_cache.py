@@ -3,7 +3,6 @@ import importlib
 import json
 import os
 import sys
-import warnings
 
 import pytest
 import torch

@@ -105,7 +105,7 @@ def align_folders(reference: str | os.PathLike, model: str | os.PathLike, out: s
     (written beside it under a temporary name, then renamed); an existing `out` is replaced. `spec`:
     a hand-written (or edited) spec in the model's tensor names, for a class export cannot trace.
     """
-    from ..match.align import weight_matching
+    from ..match.weight_matching import weight_matching
 
     t0 = time.perf_counter()
     reference, model, out = Path(reference), Path(model), Path(out)

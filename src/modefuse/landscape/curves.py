@@ -19,7 +19,8 @@ from torch.func import functional_call
 
 from ..version import __version__
 from ..zoo import models as zoo
-from ..match.align import align as align_models, weight_matching
+from ..match.align import align as align_models
+from ..match.weight_matching import weight_matching
 from ..storage.atomic import atomic_path
 from .attack import PGD, robust_accuracy
 from ..zoo.batching import batches

@@ -12,7 +12,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..zoo.batching import batches
+from ..zoo.batching import first_inputs, batches
+from ..errors import ModefuseError
+from ..spec.infer import infer_spec, trace_of
+from ..spec.permutation_spec import PermutationSpec
+from ..zoo.models import example_input as zoo_example_input
 
 
 def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
@@ -129,3 +133,25 @@ def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
             sums[k] = sums.get(k, 0) + v.T @ v
             count[k] = count.get(k, 0) + len(v)
     return {layer: sums[name] / count[name] for layer, name in inputs.items()}
+
+
+def example_for(model: nn.Module, example_input=None, data=None):
+    """An input batch to trace `model` with: the one given, else the first of `data`, else a zoo model's shape."""
+    if example_input is not None:
+        return example_input
+    if data is not None:
+        return first_inputs(data)
+    x = zoo_example_input(model)
+    if x is None:
+        raise ModefuseError("pass example_input= (one batch of inputs) so that the model can be traced")
+    return x
+
+
+def taps(spec: PermutationSpec, model: nn.Module, example_input, data):
+    """(unit_nodes, trace): where each group's units can be read on data. A hand-written spec has no
+    trace: the model is traced for it (the spec itself is left as it is)."""
+    trace = trace_of(spec)
+    if trace is None:
+        traced = infer_spec(model, example_for(model, example_input, data))
+        return traced.unit_nodes, trace_of(traced)
+    return spec.unit_nodes, trace

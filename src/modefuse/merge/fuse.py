@@ -1,6 +1,6 @@
 """Fusion of K models into one: vanilla averaging, OTFusion, Wasserstein and Gromov-Wasserstein barycenters.
 
-All methods share one loop over the permutation spec's groups (in graph order). Each unit of group g
+The transport-based methods (`methods.py`, one unit each; the loop in `couplings.py`) share one loop over the permutation spec's groups (in graph order). Each unit of group g
 in model i has a feature vector; with `cost="weight"` it is the unit's whole incoming vector (every
 tensor of the group along its unit axis, [W | b], conv kernels, norm parameters), with the other
 groups' axes already transported into the target's basis by their couplings (OTFusion, Singh & Jaggi
@@ -23,57 +23,16 @@ The fused model is the barycenter of the K models transported by their couplings
 """
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 
-from ..zoo import models as zoo
-from ..match.align import example_for, taps
 from ..checks import nonneg_float, positive_float, positive_int
-from ..errors import ArchitectureMismatchError, ModefuseError
-from ..spec.infer import infer_spec
-from ..match.probe import unit_activations
-from ..progress import bar
-from ..match.solvers import ot_plan
-from ..spec.permutation_spec import PermutationSpec
-from ..storage.statedict import check_finite, check_same_architecture
-from ..spec.transport import as_permutation, transport_tensor, unit_rows
+from ..errors import ModefuseError
+from ..storage.statedict import check_finite
+from .methods import Fusion, FusionProblem, get_fuser
 
-
-class _Entry(NamedTuple):
-    """A tensor axis holding units of the group being coupled, as it enters the weight features."""
-
-    key: str
-    axis: int
-    others: list[tuple[int, str]]  # the tensor's other grouped axes: (axis, group)
-    weight: float  # alpha_h for hidden-to-hidden matrices, else 1
-    recurrent: bool  # one of the other axes is the group itself
-
-
-@dataclass(frozen=True)
-class _Method:
-    free_target: bool  # re-estimate the target as the barycenter (else model 0 stays the target)
-    recurrent: bool  # hidden-to-hidden matrices join the hidden units' features (fused GW term)
-
-
-_METHODS = {"otfusion": _Method(False, False), "wasserstein": _Method(True, False), "gromov": _Method(True, True)}
-METHODS = ("average", *_METHODS)
 COSTS = ("auto", "weight", "activation")
-
-
-@dataclass
-class Fusion:
-    """The fused model, and per group the K couplings (n_target x n_i, mass 1) that produced it."""
-
-    model: nn.Module
-    couplings: dict[str, list[torch.Tensor]]
-    spec: PermutationSpec | None
-    method: str
-    history: list[float] = field(default_factory=list)  # largest coupling change per sweep
 
 
 def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequence[float] | None = None,
@@ -95,8 +54,7 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     iters: at most this many sweeps (and barycenter updates per group); alpha_h: weight of the
     hidden-to-hidden term of "gromov" (1: counted like the other incoming weights).
     """
-    if method not in METHODS:
-        raise ModefuseError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+    fuser = get_fuser(method)
     if cost not in COSTS:
         raise ModefuseError(f"unknown fusion cost {cost!r}; use one of {', '.join(COSTS)}")
     if not models:
@@ -113,186 +71,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     states = [m.state_dict() for m in models]
     for i, s in enumerate(states):
         check_finite(s, f"model {i}")
-    if method == "average":
-        if widths is not None:
-            raise ModefuseError("vanilla averaging cannot change widths; use method='wasserstein'")
-        for i, s in enumerate(states[1:], 1):
-            check_same_architecture(states[0], s, "model 0", f"model {i}")
-        return Fusion(_build(models[0], _mix(states, lam), None, None), {}, None, method)
-
-    x = example_for(models[0], example_input, data)
-    specs = [infer_spec(m, example_for(m, example_input, data) if i else x) for i, m in enumerate(models)]
-    _check_compatible(states, specs)
-    sizes = _target_sizes(specs[0], widths)
-    if not _METHODS[method].free_target and sizes != specs[0].sizes:
-        raise ModefuseError("otfusion keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
-    acts = None
-    if cost == "activation":
-        acts = []
-        for m, sp in zip(models, specs):
-            unit_nodes, trace = taps(sp, m, x, data)
-            acts.append(unit_activations(m, trace, unit_nodes, data, limit=limit))
-    fuser = _Fuser(specs, states, sizes, lam, _METHODS[method], eps, alpha_h, outgoing, acts)
-    history = fuser.run(iters, progress, desc=f"fusing ({method})")
-    fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
-    target_spec = infer_spec(fused, x) if sizes != specs[0].sizes else specs[0]
-    return Fusion(fused, fuser.couplings, target_spec, method, history)
-
-
-class _Fuser:
-    """Couplings of every model to the target, group by group; the target is never materialized whole."""
-
-    def __init__(self, specs, states, sizes, lam, method: _Method, eps, alpha_h, outgoing, acts):
-        self.specs, self.states, self.sizes, self.lam = specs, states, sizes, lam
-        self.method, self.eps, self.alpha_h, self.outgoing, self.acts = method, eps, alpha_h, outgoing, acts
-        self.axes = [sp.axes_of for sp in specs]
-        self.groups = list(specs[0].groups)
-        k = len(states)
-        dev = next(iter(states[0].values())).device
-        # model 0 starts coupled to the target by the monotone plan (identity at equal width): the target
-        # starts as model 0. The others are uncoupled until their group is reached.
-        self.anchor = {g: _monotone(sizes[g], specs[0].sizes[g], dev) for g in self.groups}
-        self.couplings: dict[str, list[torch.Tensor | None]] = {
-            g: [self.anchor[g]] + [None] * (k - 1) for g in self.groups}
-
-    def run(self, sweeps: int, progress: bool, desc: str) -> list[float]:
-        history = []
-        for _ in bar(range(sweeps), desc=desc, enabled=progress, unit="sweep"):
-            self.done: set[str] = set()
-            self.incomplete = False  # some feature used a coupling not yet found in this sweep
-            change = max(self.fit_group(g, sweeps) for g in self.groups)
-            history.append(change)
-            if change < 1e-7 or not self.incomplete:
-                break  # without forward references one sweep is exact: each group sees its final inputs
-        return history
-
-    def fit_group(self, g: str, iters: int) -> float:
-        """Couple every model's units of `g` to the target's; returns the largest coupling change.
-
-        First to model 0 (through its monotone plan: itself at equal widths), as OTFusion does; then,
-        for a free target, to the barycenter of the models as coupled, until no coupling changes. The
-        first step matters: started from the previous sweep's couplings instead, the barycenter of
-        K = 2 models holds half of each model and keeps whatever coupling it starts from. At another
-        width than model 0's, model 0 squeezed by the monotone plan is no model at all: there it only
-        starts the first sweep, and later sweeps start from the barycenter.
-        """
-        old = list(self.couplings[g])
-        k = len(self.states)
-        same_width = self.sizes[g] == self.specs[0].sizes[g]
-        start = 1 if self.method.free_target and not same_width and None not in old else 0
-        for step in range(start, iters if self.method.free_target else 1):
-            free = step > 0  # the target is the barycenter (else model 0 through its monotone plan)
-            # model 0 is coupled too when the target is the barycenter or model 0 in another width
-            movable = list(range(k)) if free or not same_width else list(range(1, k))
-            entries = self.entries(g, movable)
-            target = self.target_features(g, entries, free)
-            new = list(self.couplings[g])
-            if 0 not in movable:
-                new[0] = self.anchor[g]  # the target is model 0 itself
-            for i in movable:
-                new[i] = self.couple(g, i, entries, target)
-            settled = all(p is not None and (n - p).abs().max().item() < 1e-7
-                          for n, p in zip(new, self.couplings[g]))
-            self.couplings[g] = new
-            if settled and step > 0:
-                break
-        self.done.add(g)
-        return max((1.0 if p is None else (n - p).abs().max().item()) for n, p in zip(self.couplings[g], old))
-
-    def couple(self, g: str, i: int, entries: list[_Entry], target: list[torch.Tensor]) -> torch.Tensor:
-        """The OT plan from model i's units of `g` to the target's.
-
-        With hidden-to-hidden entries (gromov) the cost depends on the plan itself (a fused
-        Gromov-Wasserstein problem): solve it at a linearization, the hidden-to-hidden columns
-        transported by the current plan (at first, the plan found without them), until it stops changing.
-        """
-        if not any(e.recurrent for e in entries):
-            return ot_plan(sqdist(target, self.features(g, i, entries)), eps=self.eps)
-        pi = self.couplings[g][i]
-        if pi is None:
-            keep = [j for j, e in enumerate(entries) if not e.recurrent]
-            pi = ot_plan(sqdist([target[j] for j in keep], self.features(g, i, [entries[j] for j in keep])),
-                         eps=self.eps)
-        for _ in range(10):
-            new = ot_plan(sqdist(target, self.features(g, i, entries, own=pi)), eps=self.eps)
-            if (new - pi).abs().max().item() < 1e-7:
-                break
-            pi = new
-        return new
-
-    def entries(self, g: str, movable: list[int]) -> list[_Entry]:
-        """The tensors whose rows along a unit axis of `g` make the weight features; an entry whose
-        other axes are not yet coupled for every `movable` model waits for a later sweep."""
-        if self.acts is not None:
-            return []
-        spec, state, out = self.specs[0], self.states[0], []
-        for key, axis in spec.groups[g]:
-            t = state[key]
-            if not t.is_floating_point() or (spec.is_input(key, axis, t.dim()) and not self.outgoing):
-                continue
-            others = [(a, h) for a, h in self.axes[0][key] if a != axis]
-            recurrent = any(h == g for _, h in others)  # hidden-to-hidden: the fused Gromov-Wasserstein term
-            if recurrent and not self.method.recurrent:
-                continue
-            if any(self.couplings[h][i] is None for _, h in others if h != g for i in movable):
-                self.incomplete = True
-                continue
-            # groups sharing this axis (attention heads, the order within them): applied once coupled
-            beside = [(a, h) for a, h in self.axes[0][key] if a == axis and h != g]
-            if any(self.couplings[h][i] is None for _, h in beside for i in movable):
-                self.incomplete = True
-            others += [(a, h) for a, h in beside if all(self.couplings[h][i] is not None for i in movable)]
-            self.incomplete |= any(h not in self.done and h != g for _, h in others)
-            out.append(_Entry(key, axis, others, self.alpha_h if recurrent else 1.0, recurrent))
-        if not out:
-            raise ModefuseError(f"group {g!r} has no incoming weights to compare its units by; use cost='activation'")
-        return out
-
-    def features(self, g: str, i: int, entries: list[_Entry], own: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Model i's units of `g` as feature rows, one block per entry (activations: one block): the
-        entry's rows with its other axes transported (`g`'s own axis, in hidden-to-hidden matrices, by `own`)."""
-        if self.acts is not None:
-            if g not in self.acts[i]:
-                raise ModefuseError(f"no graph node carries the units of group {g!r} plainly, so their activations "
-                                    f"cannot be read; use cost='weight'")
-            return [self.acts[i][g]]
-        spec, parts = self.specs[i], []
-        for e in entries:
-            plans = {h: own if h == g and own is not None else self.couplings[h][i] for _, h in e.others}
-            t = transport_tensor(self.states[i][e.key].float(), e.key, e.others, spec, plans)
-            rows = unit_rows(t, spec, g, e.key, e.axis)
-            parts.append(rows if e.weight == 1.0 else rows * math.sqrt(e.weight))
-        return parts
-
-    def target_features(self, g: str, entries: list[_Entry], free: bool) -> list[torch.Tensor]:
-        """Model 0's features through its monotone plan (OTFusion's target), or with a `free` target the
-        barycenter sum_i lam_i n pi_i F_i of the models as coupled."""
-        plans = self.couplings[g]
-        if not free:
-            pi = self.anchor[g]
-            f = self.features(g, 0, entries, own=pi)
-            return f if pi.shape[0] == pi.shape[1] else [len(pi) * pi @ x for x in f]
-        out = None
-        for lam, pi, i in zip(self.lam, plans, range(len(plans))):
-            moved = [lam * len(pi) * pi @ f for f in self.features(g, i, entries)]
-            out = moved if out is None else [a.add_(b) for a, b in zip(out, moved)]
-        return out
-
-    def fused_state(self) -> dict[str, torch.Tensor]:
-        """sum_i lambda_i transport(W_i, pi_i), one tensor at a time."""
-        plans = [{g: c[i] for g, c in self.couplings.items()} for i in range(len(self.states))]
-        perms = [{g: as_permutation(pi) for g, pi in p.items()} for p in plans]  # once per model, not per tensor
-        return {key: _mix_tensors((transport_tensor(s[key], key, ax.get(key, []), sp, p, q)
-                                   for s, sp, ax, p, q in zip(self.states, self.specs, self.axes, plans, perms)),
-                                  self.lam)
-                for key in self.states[0]}
-
-
-def sqdist(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Squared Euclidean distances between the rows of a and b, each given as column blocks (computed in
-    float64, so near-ties are resolved alike on every platform)."""
-    a, b = torch.cat(list(a), 1).double(), torch.cat(list(b), 1).double()
-    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
+    return fuser.run(FusionProblem(models, states, lam, widths, data, example_input, eps, iters, alpha_h, cost,
+                                   outgoing, limit, progress))
 
 
 def _weights(weights, k: int) -> list[float]:
@@ -302,132 +82,3 @@ def _weights(weights, k: int) -> list[float]:
     if len(w) != k or any(v < 0 for v in w) or sum(w) <= 0:
         raise ModefuseError(f"weights must be {k} non-negative numbers with a positive sum, got {weights}")
     return [v / sum(w) for v in w]
-
-
-def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
-    """sum_i lam_i states_i, tensor by tensor."""
-    return {k: _mix_tensors((s[k] for s in states), lam) for k in states[0]}
-
-
-def _mix_tensors(tensors: Iterable[torch.Tensor], lam: list[float]) -> torch.Tensor:
-    """sum_i lam_i tensors_i, accumulated one at a time; integer tensors (counters such as
-    num_batches_tracked) are taken from the first."""
-    acc = None
-    for weight, t in zip(lam, tensors):
-        if acc is None:
-            dtype = t.dtype
-            if not t.is_floating_point():
-                return t.clone()
-            acc = t.float() * weight
-        else:
-            acc.add_(t.float(), alpha=weight)
-    return acc.to(dtype)
-
-
-def _monotone(n_t: int, n_s: int, device) -> torch.Tensor:
-    """The monotone (north-west corner) coupling of uniform marginals: identity / n when n_t == n_s."""
-    if n_t == n_s:
-        return torch.eye(n_t, device=device) / n_t
-    pi = torch.zeros(n_t, n_s, device=device)
-    i = j = 0
-    rt, rs = 1.0 / n_t, 1.0 / n_s
-    while i < n_t and j < n_s:
-        m = min(rt, rs)
-        pi[i, j] += m
-        rt -= m
-        rs -= m
-        if rt <= 1e-12:
-            i, rt = i + 1, 1.0 / n_t
-        if rs <= 1e-12:
-            j, rs = j + 1, 1.0 / n_s
-    return pi
-
-
-def _target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
-    if widths is None:
-        return dict(spec.sizes)
-    if isinstance(widths, Mapping):
-        unknown = [g for g in widths if g not in spec.sizes]
-        if unknown:
-            raise ModefuseError(f"no group {unknown[0]!r} in the model; its groups are: {', '.join(spec.sizes)}")
-        sizes = {g: widths.get(g, n) for g, n in spec.sizes.items()}
-    else:
-        widths = list(widths)
-        if len(widths) != len(spec.sizes):
-            raise ModefuseError(f"widths has {len(widths)} entries but the model has {len(spec.sizes)} groups: "
-                                f"{', '.join(spec.sizes)}")
-        sizes = dict(zip(spec.sizes, widths))
-    return {g: positive_int(w, f"the width of group {g!r}") for g, w in sizes.items()}
-
-
-def _check_compatible(states, specs) -> None:
-    """Same tensors and groups; shapes may differ only along grouped axes."""
-    for i in range(1, len(states)):
-        if list(specs[i].groups) != list(specs[0].groups):
-            raise ArchitectureMismatchError(f"model {i} has hidden-unit groups {list(specs[i].groups)}, model 0 "
-                                            f"{list(specs[0].groups)}: the architectures differ")
-        for key, v in states[0].items():
-            if key not in states[i]:
-                raise ArchitectureMismatchError(f"architectures differ: model 0 has tensor {key!r}, model {i} lacks it")
-            grouped = {a for a, _ in specs[0].axes_of.get(key, [])}
-            w = states[i][key]
-            if w.dim() != v.dim() or any(w.shape[d] != v.shape[d] for d in range(v.dim()) if d not in grouped):
-                raise ArchitectureMismatchError(f"architectures differ at tensor {key!r}: {tuple(v.shape)} in "
-                                                f"model 0, {tuple(w.shape)} in model {i}")
-        extra = [k for k in states[i] if k not in states[0]]
-        if extra:
-            raise ArchitectureMismatchError(f"architectures differ: model {i} has tensor {extra[0]!r}, model 0 lacks it")
-
-
-def _build(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn.Module:
-    """A module of model 0's architecture holding `state`, at the target widths.
-
-    Zoo MLPs and single-layer RNN/LSTMs are rebuilt from their architecture with the new widths (so
-    their checkpoints rebuild them); any other module is copied and its tensors replaced, the layers'
-    size attributes updated (its checkpoint then loads with mf.load(path, model=...)).
-    """
-    if spec is None or sizes == spec.sizes:
-        out = copy.deepcopy(model0)
-        out.load_state_dict(state)
-        return out
-    arch = getattr(model0, "arch", None)
-    kw = None
-    if arch and arch["name"] == "mlp":
-        kw = {**arch["kwargs"], "widths": [sizes[g] for g in spec.groups]}
-    elif arch and arch["name"] in ("rnn", "lstm") and arch["kwargs"].get("num_layers", 1) == 1:
-        kw = {**arch["kwargs"], "hidden": sizes[next(iter(spec.groups))]}
-    if kw is not None:
-        out = zoo.build(arch["name"], **kw)
-        out.load_state_dict(state)
-        return out
-    if any(isinstance(m, nn.RNNBase) for m in model0.modules()):
-        raise ModefuseError("fusing recurrent layers into other widths is supported for the zoo's RNN and LSTM")
-    out = copy.deepcopy(model0)
-    for name, module in out.named_modules():
-        prefix = f"{name}." if name else ""
-        for pname in list(module._parameters):
-            if module._parameters[pname] is not None:
-                module._parameters[pname] = nn.Parameter(state[prefix + pname].clone())
-        for bname in list(module._buffers):
-            if module._buffers[bname] is not None:
-                module._buffers[bname] = state[prefix + bname].clone()
-        _resize_attributes(module)
-    out.arch = None  # the zoo's width multipliers cannot describe per-group widths
-    return out
-
-
-def _resize_attributes(m: nn.Module) -> None:
-    """Make a layer's size attributes agree with its (replaced) weights."""
-    w = getattr(m, "weight", None)
-    if isinstance(m, nn.Linear):
-        m.out_features, m.in_features = w.shape
-    elif isinstance(m, nn.modules.conv._ConvNd):
-        m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        m.num_features = m.running_mean.shape[0] if m.running_mean is not None else w.shape[0]
-    elif isinstance(m, nn.GroupNorm):
-        m.num_channels = w.shape[0]
-        if m.num_groups != 1:
-            m.num_groups = m.num_channels
-    elif isinstance(m, nn.LayerNorm) and w is not None:
-        m.normalized_shape = tuple(w.shape)

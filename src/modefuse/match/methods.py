@@ -1,0 +1,96 @@
+"""The alignment methods, one small unit each, chosen by name from a registry.
+
+A method gets the pair and its checked spec (`AlignProblem`) and returns the permutations of the
+model's groups and, for iterative methods, the objective per sweep. Adding one is one function and one
+`@register_aligner` line; the test suite runs every registered method through the same contract tests
+(a planted permutation recovered exactly, the function kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ModefuseError
+from ..spec.permutation_spec import PermutationSpec
+from .probe import input_second_moments, taps, unit_correlations
+from .solvers import assignment
+from .weight_matching import weight_matching
+
+
+@dataclass(frozen=True)
+class AlignProblem:
+    """What every alignment method is given: the pair, its states and spec, data and the stopping rule."""
+
+    reference: nn.Module
+    model: nn.Module
+    spec: PermutationSpec
+    ref_state: Mapping[str, torch.Tensor]
+    state: Mapping[str, torch.Tensor]
+    example_input: object = None
+    data: object = None
+    seed: int = 0
+    max_sweeps: int = 100
+    tol: float = 1e-3
+    limit: int = 5000
+
+
+Perms = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AlignMethod:
+    name: str
+    run: Callable[[AlignProblem], tuple[Perms, list[float]]]
+    needs_data: bool
+    summary: str
+
+
+ALIGNERS: dict[str, AlignMethod] = {}
+
+
+def register_aligner(name: str, needs_data: bool = False, summary: str = ""):
+    """Decorator: `fn(problem) -> (perms, history)` becomes alignment method `name` of `mf.align`."""
+    def deco(fn):
+        ALIGNERS[name] = AlignMethod(name, fn, needs_data, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return deco
+
+
+def get_aligner(name: str) -> AlignMethod:
+    if name not in ALIGNERS:
+        raise ModefuseError(f"unknown alignment method {name!r}; use one of {', '.join(ALIGNERS)}")
+    return ALIGNERS[name]
+
+
+@register_aligner("weight")
+def weight(p: AlignProblem) -> tuple[Perms, list[float]]:
+    """Weight matching (Ainsworth et al. 2022): maximize sum_k <W_a[k], P W_b[k] P'^T> over permutations."""
+    return weight_matching(p.spec, p.ref_state, p.state, seed=p.seed, max_sweeps=p.max_sweeps, tol=p.tol)
+
+
+@register_aligner("activation", needs_data=True)
+def activation(p: AlignProblem) -> tuple[Perms, list[float]]:
+    """Activation matching (Tatro et al. 2020): one assignment per group on the correlation of
+    standardized unit activations on data."""
+    unit_nodes, trace = taps(p.spec, p.reference, p.example_input, p.data)
+    corr = unit_correlations(p.reference, p.model, trace, unit_nodes, p.data, limit=p.limit)
+    missing = [g for g in p.spec.groups if g not in corr]
+    if missing:
+        raise ModefuseError(f"no activations carry group {missing[0]!r}; align it by weights or pass a spec")
+    return {g: assignment(corr[g]) for g in p.spec.groups}, []
+
+
+@register_aligner("weight_cov", needs_data=True)
+def weight_cov(p: AlignProblem) -> tuple[Perms, list[float]]:
+    """Covariance-weighted weight matching (Ferbach et al. 2024): each layer's input axis weighted by the
+    second moment E[x x^T] of its inputs on data, so directions the data never excites cost nothing."""
+    _, trace = taps(p.spec, p.reference, p.example_input, p.data)
+    targets = dict(p.ref_state)
+    for key, m2 in input_second_moments(p.reference, trace, p.data, limit=p.limit).items():
+        w = targets[key]
+        targets[key] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
+    return weight_matching(p.spec, targets, p.state, seed=p.seed, max_sweeps=p.max_sweeps, tol=p.tol,
+                           ref_inputs=p.ref_state)

@@ -1,0 +1,227 @@
+"""The fusion methods, one small unit each, chosen by name from a registry, and the `Fusion` they return.
+
+"average" mixes the weights as they are; the transport-based methods ("otfusion", "wasserstein",
+"gromov") each name a `CouplingRule` for the loop they share (`couplings.Fuser`). Adding a method is
+one function and one `@register_fuser` line; the test suite runs every registered method through the
+same contract tests (permuted copies fuse back to the model, the function kept).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ArchitectureMismatchError, ModefuseError
+from ..checks import positive_int
+from ..match.probe import example_for, taps, unit_activations
+from ..spec.infer import infer_spec
+from ..spec.permutation_spec import PermutationSpec
+from ..storage.statedict import check_same_architecture
+from ..zoo import models as zoo
+from .couplings import CouplingRule, Fuser, mix_tensors
+
+
+@dataclass
+class Fusion:
+    """The fused model, and per group the K couplings (n_target x n_i, mass 1) that produced it."""
+
+    model: nn.Module
+    couplings: dict[str, list[torch.Tensor]]
+    spec: PermutationSpec | None
+    method: str
+    history: list[float] = field(default_factory=list)  # largest coupling change per sweep
+
+
+@dataclass(frozen=True)
+class FusionProblem:
+    """What every fusion method is given: the models, their checked states and weights, and the options."""
+
+    models: Sequence[nn.Module]
+    states: Sequence[Mapping[str, torch.Tensor]]
+    lam: list[float]
+    widths: Mapping[str, int] | Sequence[int] | None = None
+    data: object = None
+    example_input: object = None
+    eps: float | None = None
+    iters: int = 20
+    alpha_h: float = 1.0
+    cost: str = "weight"
+    outgoing: bool = True
+    limit: int = 500
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class FusionMethod:
+    name: str
+    run: Callable[[FusionProblem], Fusion]
+    summary: str
+    aligns: bool  # whether it matches units before mixing (vanilla averaging does not)
+
+
+FUSERS: dict[str, FusionMethod] = {}
+
+
+def register_fuser(name: str, summary: str = "", aligns: bool = True):
+    """Decorator: `fn(problem) -> Fusion` becomes fusion method `name` of `mf.fuse`. `aligns`: it matches
+    the models' units before mixing them (the contract tests then ask it to fuse permuted copies back)."""
+    def deco(fn):
+        FUSERS[name] = FusionMethod(name, fn, summary or (fn.__doc__ or "").strip().split("\n")[0], aligns)
+        return fn
+    return deco
+
+
+def get_fuser(name: str) -> FusionMethod:
+    if name not in FUSERS:
+        raise ModefuseError(f"unknown fusion method {name!r}; use one of {', '.join(FUSERS)}")
+    return FUSERS[name]
+
+
+@register_fuser("average", aligns=False)
+def average(p: FusionProblem) -> Fusion:
+    """Vanilla averaging: sum_i lambda_i W_i, tensor by tensor, no alignment (FedAvg's aggregate)."""
+    if p.widths is not None:
+        raise ModefuseError("vanilla averaging cannot change widths; use method='wasserstein'")
+    for i, s in enumerate(p.states[1:], 1):
+        check_same_architecture(p.states[0], s, "model 0", f"model {i}")
+    return Fusion(_build(p.models[0], _mix(p.states, p.lam), None, None), {}, None, "average")
+
+
+@register_fuser("otfusion")
+def otfusion(p: FusionProblem) -> Fusion:
+    """OTFusion (Singh & Jaggi 2020): each model coupled to model 0, which stays the target."""
+    return by_transport(p, "otfusion", CouplingRule(free_target=False, recurrent=False))
+
+
+@register_fuser("wasserstein")
+def wasserstein(p: FusionProblem) -> Fusion:
+    """Wasserstein barycenter (Akash et al. 2023): couplings and a free barycenter alternate per group, any width."""
+    return by_transport(p, "wasserstein", CouplingRule(free_target=True, recurrent=False))
+
+
+@register_fuser("gromov")
+def gromov(p: FusionProblem) -> Fusion:
+    """Gromov-Wasserstein barycenter (Akash et al. 2023): as wasserstein, with the hidden-to-hidden
+    matrices of recurrent layers in the coupling's cost."""
+    return by_transport(p, "gromov", CouplingRule(free_target=True, recurrent=True))
+
+
+def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
+    """The loop every transport-based method shares: specs, couplings group by group under `rule`, the
+    fused state accumulated one tensor at a time."""
+    models, data = p.models, p.data
+    x = example_for(models[0], p.example_input, data)
+    specs = [infer_spec(m, example_for(m, p.example_input, data) if i else x) for i, m in enumerate(models)]
+    _check_compatible(p.states, specs)
+    sizes = _target_sizes(specs[0], p.widths)
+    if not rule.free_target and sizes != specs[0].sizes:
+        raise ModefuseError(f"{name} keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
+    acts = None
+    if p.cost == "activation":
+        acts = []
+        for m, sp in zip(models, specs):
+            unit_nodes, trace = taps(sp, m, x, data)
+            acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit))
+    fuser = Fuser(specs, p.states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
+    history = fuser.run(p.iters, p.progress, desc=f"fusing ({name})")
+    fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
+    target_spec = infer_spec(fused, x) if sizes != specs[0].sizes else specs[0]
+    return Fusion(fused, fuser.couplings, target_spec, name, history)
+
+
+def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
+    """sum_i lam_i states_i, tensor by tensor."""
+    return {k: mix_tensors((s[k] for s in states), lam) for k in states[0]}
+
+
+def _target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
+    if widths is None:
+        return dict(spec.sizes)
+    if isinstance(widths, Mapping):
+        unknown = [g for g in widths if g not in spec.sizes]
+        if unknown:
+            raise ModefuseError(f"no group {unknown[0]!r} in the model; its groups are: {', '.join(spec.sizes)}")
+        sizes = {g: widths.get(g, n) for g, n in spec.sizes.items()}
+    else:
+        widths = list(widths)
+        if len(widths) != len(spec.sizes):
+            raise ModefuseError(f"widths has {len(widths)} entries but the model has {len(spec.sizes)} groups: "
+                                f"{', '.join(spec.sizes)}")
+        sizes = dict(zip(spec.sizes, widths))
+    return {g: positive_int(w, f"the width of group {g!r}") for g, w in sizes.items()}
+
+
+def _check_compatible(states, specs) -> None:
+    """Same tensors and groups; shapes may differ only along grouped axes."""
+    for i in range(1, len(states)):
+        if list(specs[i].groups) != list(specs[0].groups):
+            raise ArchitectureMismatchError(f"model {i} has hidden-unit groups {list(specs[i].groups)}, model 0 "
+                                            f"{list(specs[0].groups)}: the architectures differ")
+        for key, v in states[0].items():
+            if key not in states[i]:
+                raise ArchitectureMismatchError(f"architectures differ: model 0 has tensor {key!r}, model {i} lacks it")
+            grouped = {a for a, _ in specs[0].axes_of.get(key, [])}
+            w = states[i][key]
+            if w.dim() != v.dim() or any(w.shape[d] != v.shape[d] for d in range(v.dim()) if d not in grouped):
+                raise ArchitectureMismatchError(f"architectures differ at tensor {key!r}: {tuple(v.shape)} in "
+                                                f"model 0, {tuple(w.shape)} in model {i}")
+        extra = [k for k in states[i] if k not in states[0]]
+        if extra:
+            raise ArchitectureMismatchError(f"architectures differ: model {i} has tensor {extra[0]!r}, model 0 lacks it")
+
+
+def _build(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn.Module:
+    """A module of model 0's architecture holding `state`, at the target widths.
+
+    Zoo MLPs and single-layer RNN/LSTMs are rebuilt from their architecture with the new widths (so
+    their checkpoints rebuild them); any other module is copied and its tensors replaced, the layers'
+    size attributes updated (its checkpoint then loads with mf.load(path, model=...)).
+    """
+    if spec is None or sizes == spec.sizes:
+        out = copy.deepcopy(model0)
+        out.load_state_dict(state)
+        return out
+    arch = getattr(model0, "arch", None)
+    kw = None
+    if arch and arch["name"] == "mlp":
+        kw = {**arch["kwargs"], "widths": [sizes[g] for g in spec.groups]}
+    elif arch and arch["name"] in ("rnn", "lstm") and arch["kwargs"].get("num_layers", 1) == 1:
+        kw = {**arch["kwargs"], "hidden": sizes[next(iter(spec.groups))]}
+    if kw is not None:
+        out = zoo.build(arch["name"], **kw)
+        out.load_state_dict(state)
+        return out
+    if any(isinstance(m, nn.RNNBase) for m in model0.modules()):
+        raise ModefuseError("fusing recurrent layers into other widths is supported for the zoo's RNN and LSTM")
+    out = copy.deepcopy(model0)
+    for name, module in out.named_modules():
+        prefix = f"{name}." if name else ""
+        for pname in list(module._parameters):
+            if module._parameters[pname] is not None:
+                module._parameters[pname] = nn.Parameter(state[prefix + pname].clone())
+        for bname in list(module._buffers):
+            if module._buffers[bname] is not None:
+                module._buffers[bname] = state[prefix + bname].clone()
+        _resize_attributes(module)
+    out.arch = None  # the zoo's width multipliers cannot describe per-group widths
+    return out
+
+
+def _resize_attributes(m: nn.Module) -> None:
+    """Make a layer's size attributes agree with its (replaced) weights."""
+    w = getattr(m, "weight", None)
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = w.shape
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.num_features = m.running_mean.shape[0] if m.running_mean is not None else w.shape[0]
+    elif isinstance(m, nn.GroupNorm):
+        m.num_channels = w.shape[0]
+        if m.num_groups != 1:
+            m.num_groups = m.num_channels
+    elif isinstance(m, nn.LayerNorm) and w is not None:
+        m.normalized_shape = tuple(w.shape)
