@@ -48,3 +48,21 @@ def test_the_public_functions_are_not_shadowed_by_modules():
         warnings.simplefilter("ignore", DeprecationWarning)
         with pytest.raises(ImportError):  # not kept: it would replace mf.align on the package
             importlib.import_module("modefuse.align")
+
+
+def test_renamed_public_names_warn_and_still_work():
+    with pytest.warns(DeprecationWarning, match="mf.Path is now mf.PathMetrics"):
+        assert mf.Path is mf.PathMetrics
+    ms = [mf.models.build("mlp", widths=[6], seed=s) for s in range(2)]
+    with pytest.warns(DeprecationWarning, match=r"fuse\(iters=\) is now fuse\(max_sweeps=\)"):
+        fus = mf.fuse(ms, method="wasserstein", iters=3)
+    assert fus.coupling_changes and len(fus.coupling_changes) <= 3
+    with pytest.warns(DeprecationWarning, match="Fusion.history is now Fusion.coupling_changes"):
+        assert fus.history == fus.coupling_changes
+
+
+def test_one_record_for_a_path_whether_line_or_curve():
+    p = mf.PathMetrics([0.0, 0.5, 1.0], [1.0, 3.0, 2.0], [0.9, 0.5, 0.8])
+    assert p.alphas == p.ts and p.loss_barrier == 1.5 and p.max_loss == 3.0
+    assert abs(p.accuracy_barrier - 0.35) < 1e-12 and p.min_accuracy == 0.5
+    assert set(p.to_dict()) >= {"ts", "loss", "accuracy", "loss_barrier", "mean_accuracy", "max_loss"}

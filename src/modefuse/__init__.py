@@ -30,7 +30,7 @@ from .merge.repair import repair
 
 from .landscape.attack import PGD, robust_accuracy
 from .landscape.curves import Curve, fit_curve, load_curve, pam
-from .landscape.interpolate import Path, interpolate
+from .landscape.interpolate import PathMetrics, interpolate
 from .landscape.plane import Plane, plane
 
 from . import hf
@@ -38,13 +38,26 @@ from .storage import lazystate
 
 _moved.install()
 
+# renamed public names, kept for one release: old name -> (new name, the object)
+_RENAMED = {"Path": ("PathMetrics", PathMetrics)}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+        new, obj = _RENAMED[name]
+        warnings.warn(f"mf.{name} is now mf.{new} (the old name goes in the next release)", DeprecationWarning,
+                      stacklevel=2)
+        return obj
+    raise AttributeError(f"module 'modefuse' has no attribute {name!r}")
+
 __all__ = [
     "__version__", "data", "models", "train", "evaluate", "save", "load", "read_metadata",
     "ModefuseError", "DataNotFoundError", "CheckpointError", "ArchitectureMismatchError", "SpecInferenceError",
     "InvalidArgumentError",
     "infer_spec", "register_rule", "rules", "PermutationSpec", "Layout", "permute",
     "align", "Alignment",
-    "reset_bn", "interpolate", "Path",
+    "reset_bn", "interpolate", "PathMetrics",
     "fuse", "Fusion", "repair",
     "PGD", "robust_accuracy", "Curve", "fit_curve", "load_curve", "pam",
     "plane", "Plane",

@@ -19,7 +19,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> None:
 
 
 def plot_paths(paths: Mapping[str, object], path: str | os.PathLike, title: str = "") -> None:
-    """Loss and accuracy against alpha for each labelled `mf.Path`, barriers in the legend."""
+    """Loss and accuracy against alpha for each labelled `mf.PathMetrics`, barriers in the legend."""
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
     for label, p in paths.items():
         ax_l.plot(p.alphas, p.loss, marker="o", ms=3, label=f"{label} (barrier {p.loss_barrier:.3f})")

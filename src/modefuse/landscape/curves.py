@@ -28,7 +28,7 @@ from ..merge.bn import has_batchnorm, reset_bn
 from ..checks import int_at_least, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
     positive_int, probability
 from ..errors import CheckpointError, ModefuseError
-from .interpolate import Blender
+from .interpolate import Blender, PathMetrics
 from ..progress import bar, write
 from ..storage.statedict import check_same_architecture
 from ..zoo.training import lr_at, make_optimizer
@@ -44,30 +44,6 @@ def coefficients(kind: str, t: float) -> tuple[float, float, float]:
     if kind == "polychain":
         return (1 - 2 * t, 2 * t, 0.0) if t <= 0.5 else (0.0, 2 - 2 * t, 2 * t - 1)
     raise ModefuseError(f"unknown curve kind {kind!r}; use 'bezier' or 'polychain'")
-
-
-@dataclass
-class CurveEval:
-    ts: list[float]
-    loss: list[float]
-    accuracy: list[float]
-    robust_accuracy: list[float] | None = None
-
-    @property
-    def mean_accuracy(self) -> float:
-        return sum(self.accuracy) / len(self.accuracy)
-
-    @property
-    def min_accuracy(self) -> float:
-        return min(self.accuracy)
-
-    @property
-    def max_loss(self) -> float:
-        return max(self.loss)
-
-    def to_dict(self) -> dict:
-        return {"ts": self.ts, "loss": self.loss, "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy,
-                "mean_accuracy": self.mean_accuracy, "min_accuracy": self.min_accuracy, "max_loss": self.max_loss}
 
 
 @dataclass
@@ -93,7 +69,7 @@ class Curve:
         return m
 
     def evaluate(self, data, n: int = 65, bn_data=None, attack: PGD | None = None, limit: int | None = None,
-                 progress: bool = False) -> CurveEval:
+                 progress: bool = False) -> PathMetrics:
         """Loss and accuracy at n evenly spaced t (BatchNorm statistics recomputed at each t on `bn_data`,
         default `data`); with `attack`, robust accuracy too."""
         n = int_at_least(n, 2, "n")
@@ -101,7 +77,7 @@ class Curve:
         blend = Blender(self.a, self.middle, self.b)
         cached = list(batches(data, 1000, limit=limit))
         ts = torch.linspace(0, 1, n).tolist()
-        res = CurveEval(ts, [], [], [] if attack else None)
+        res = PathMetrics(ts, [], [], [] if attack else None)
         for t in bar(ts, desc="evaluating curve", enabled=progress, unit="point"):
             r = blend.evaluate(coefficients(self.kind, t), cached, bn_data)
             res.loss.append(r["loss"])

@@ -16,28 +16,47 @@ from ..zoo.training import evaluate
 
 
 @dataclass
-class Path:
-    """Loss and accuracy at each alpha of the path (1 - alpha) a + alpha b, and the barriers."""
+class PathMetrics:
+    """Loss and accuracy at positions t in [0, 1] along a path between two models, the straight line of
+    `interpolate` ((1 - t) a + t b) or a learned curve (`Curve.evaluate`), and what is read off them."""
 
-    alphas: list[float]
+    ts: list[float]
     loss: list[float]
     accuracy: list[float]
     robust_accuracy: list[float] | None = None  # with an attack: accuracy on its adversarial examples
 
     @property
+    def alphas(self) -> list[float]:
+        """The positions, under the name the linear-interpolation literature gives them."""
+        return self.ts
+
+    @property
     def loss_barrier(self) -> float:
-        """max over alpha of L(alpha) - ((1 - alpha) L(0) + alpha L(1))."""
+        """max over t of L(t) - ((1 - t) L(0) + t L(1))."""
         l0, l1 = self.loss[0], self.loss[-1]
-        return max(l - ((1 - a) * l0 + a * l1) for a, l in zip(self.alphas, self.loss))
+        return max(l - ((1 - t) * l0 + t * l1) for t, l in zip(self.ts, self.loss))
 
     @property
     def accuracy_barrier(self) -> float:
-        """max over alpha of ((1 - alpha) A(0) + alpha A(1)) - A(alpha)."""
+        """max over t of ((1 - t) A(0) + t A(1)) - A(t)."""
         a0, a1 = self.accuracy[0], self.accuracy[-1]
-        return max((1 - a) * a0 + a * a1 - acc for a, acc in zip(self.alphas, self.accuracy))
+        return max((1 - t) * a0 + t * a1 - acc for t, acc in zip(self.ts, self.accuracy))
+
+    @property
+    def mean_accuracy(self) -> float:
+        return sum(self.accuracy) / len(self.accuracy)
+
+    @property
+    def min_accuracy(self) -> float:
+        return min(self.accuracy)
+
+    @property
+    def max_loss(self) -> float:
+        return max(self.loss)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "loss_barrier": self.loss_barrier, "accuracy_barrier": self.accuracy_barrier}
+        return {**asdict(self), "loss_barrier": self.loss_barrier, "accuracy_barrier": self.accuracy_barrier,
+                "mean_accuracy": self.mean_accuracy, "min_accuracy": self.min_accuracy, "max_loss": self.max_loss}
 
 
 class Blender:
@@ -73,7 +92,7 @@ class Blender:
 
 def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stats: bool = True, bn_data=None,
                 loss_fn=None, progress: bool = True, limit: int | None = None, attack=None,
-                attack_limit: int = 2000) -> Path:
+                attack_limit: int = 2000) -> PathMetrics:
     """Evaluate (1 - alpha) a + alpha b at `steps` alphas in [0, 1] on `data`.
 
     With BatchNorm, statistics are recomputed at each point on `bn_data` (default: `data`),
@@ -95,4 +114,4 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
         acc.append(r["accuracy"])
         if attack is not None:
             robust.append(robust_accuracy(blend.module, cached, attack, limit=attack_limit))
-    return Path(alphas, loss, acc, robust if attack is not None else None)
+    return PathMetrics(alphas, loss, acc, robust if attack is not None else None)

@@ -70,18 +70,19 @@ class Fuser:
         self.couplings: dict[str, list[torch.Tensor | None]] = {
             g: [self.anchor[g]] + [None] * (k - 1) for g in self.groups}
 
-    def run(self, sweeps: int, progress: bool, desc: str) -> list[float]:
-        history = []
-        for _ in bar(range(sweeps), desc=desc, enabled=progress, unit="sweep"):
+    def run(self, max_sweeps: int, tol: float, progress: bool, desc: str) -> list[float]:
+        """Sweep over the groups until no coupling moves by `tol` or more; the largest change per sweep."""
+        changes = []
+        for _ in bar(range(max_sweeps), desc=desc, enabled=progress, unit="sweep"):
             self.done: set[str] = set()
             self.incomplete = False  # some feature used a coupling not yet found in this sweep
-            change = max(self.fit_group(g, sweeps) for g in self.groups)
-            history.append(change)
-            if change < 1e-7 or not self.incomplete:
+            change = max(self.fit_group(g, max_sweeps, tol) for g in self.groups)
+            changes.append(change)
+            if change < tol or not self.incomplete:
                 break  # without forward references one sweep is exact: each group sees its final inputs
-        return history
+        return changes
 
-    def fit_group(self, g: str, iters: int) -> float:
+    def fit_group(self, g: str, max_steps: int, tol: float = 1e-7) -> float:
         """Couple every model's units of `g` to the target's; returns the largest coupling change.
 
         First to model 0 (through its monotone plan: itself at equal widths), as OTFusion does; then,
@@ -95,7 +96,7 @@ class Fuser:
         k = len(self.states)
         same_width = self.sizes[g] == self.specs[0].sizes[g]
         start = 1 if self.method.free_target and not same_width and None not in old else 0
-        for step in range(start, iters if self.method.free_target else 1):
+        for step in range(start, max_steps if self.method.free_target else 1):
             free = step > 0  # the target is the barycenter (else model 0 through its monotone plan)
             # model 0 is coupled too when the target is the barycenter or model 0 in another width
             movable = list(range(k)) if free or not same_width else list(range(1, k))
@@ -106,7 +107,7 @@ class Fuser:
                 new[0] = self.anchor[g]  # the target is model 0 itself
             for i in movable:
                 new[i] = self.couple(g, i, entries, target)
-            settled = all(p is not None and (n - p).abs().max().item() < 1e-7
+            settled = all(p is not None and (n - p).abs().max().item() < tol
                           for n, p in zip(new, self.couplings[g]))
             self.couplings[g] = new
             if settled and step > 0:

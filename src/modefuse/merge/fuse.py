@@ -23,6 +23,7 @@ The fused model is the barycenter of the K models transported by their couplings
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 from torch import nn
@@ -37,8 +38,9 @@ COSTS = ("auto", "weight", "activation")
 
 def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequence[float] | None = None,
          widths: Mapping[str, int] | Sequence[int] | None = None, data=None, example_input=None,
-         eps: float | None = None, iters: int = 20, alpha_h: float = 1.0, cost: str = "auto",
-         outgoing: bool = True, limit: int = 500, progress: bool = False) -> Fusion:
+         eps: float | None = None, max_sweeps: int = 20, tol: float = 1e-7, alpha_h: float = 1.0,
+         cost: str = "auto", outgoing: bool = True, limit: int = 500, progress: bool = False,
+         iters: int | None = None) -> Fusion:
     """Fuse `models` (same architecture; widths may differ for "wasserstein"/"gromov") into one.
 
     weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
@@ -51,8 +53,10 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     outgoing: the weight cost also compares each unit's outgoing weights (the next layer's columns,
     transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
     REPORT.md, so on by default; False is the papers' cost.
-    iters: at most this many sweeps (and barycenter updates per group); alpha_h: weight of the
-    hidden-to-hidden term of "gromov" (1: counted like the other incoming weights).
+    max_sweeps: at most this many sweeps over the groups (and barycenter updates per group); tol: they
+    stop when no coupling entry moves by this much (the names `mf.align` uses; `iters` is the old name of
+    max_sweeps). alpha_h: weight of the hidden-to-hidden term of "gromov" (1: counted like the other
+    incoming weights).
     """
     fuser = get_fuser(method)
     if cost not in COSTS:
@@ -61,7 +65,12 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
         raise ModefuseError("fuse needs at least one model")
     if eps is not None:
         positive_float(eps, "eps (Sinkhorn regularization; omit it for exact OT)")
-    iters, limit = positive_int(iters, "iters"), positive_int(limit, "limit")
+    if iters is not None:
+        warnings.warn("fuse(iters=) is now fuse(max_sweeps=) (the old name goes in the next release)",
+                      DeprecationWarning, stacklevel=2)
+        max_sweeps = iters
+    max_sweeps, limit = positive_int(max_sweeps, "max_sweeps"), positive_int(limit, "limit")
+    tol = nonneg_float(tol, "tol")
     alpha_h = nonneg_float(alpha_h, "alpha_h")
     if cost == "activation" and data is None:
         raise ModefuseError("cost='activation' compares units by their activations: pass data= (training examples)")
@@ -71,8 +80,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     states = [m.state_dict() for m in models]
     for i, s in enumerate(states):
         check_finite(s, f"model {i}")
-    return fuser.run(FusionProblem(models, states, lam, widths, data, example_input, eps, iters, alpha_h, cost,
-                                   outgoing, limit, progress))
+    return fuser.run(FusionProblem(models, states, lam, widths, data, example_input, eps, max_sweeps, tol, alpha_h,
+                                   cost, outgoing, limit, progress))
 
 
 def _weights(weights, k: int) -> list[float]:

@@ -8,6 +8,7 @@ same contract tests (permuted copies fuse back to the model, the function kept).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -32,7 +33,14 @@ class Fusion:
     couplings: dict[str, list[torch.Tensor]]
     spec: PermutationSpec | None
     method: str
-    history: list[float] = field(default_factory=list)  # largest coupling change per sweep
+    coupling_changes: list[float] = field(default_factory=list)  # largest coupling change per sweep
+
+    @property
+    def history(self) -> list[float]:
+        """Deprecated name of `coupling_changes` (`history` is the objective per sweep in `Alignment`)."""
+        warnings.warn("Fusion.history is now Fusion.coupling_changes (the old name goes in the next release)",
+                      DeprecationWarning, stacklevel=2)
+        return self.coupling_changes
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class FusionProblem:
     data: object = None
     example_input: object = None
     eps: float | None = None
-    iters: int = 20
+    max_sweeps: int = 20
+    tol: float = 1e-7
     alpha_h: float = 1.0
     cost: str = "weight"
     outgoing: bool = True
@@ -126,10 +135,10 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
             unit_nodes, trace = taps(sp, m, x, data)
             acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit))
     fuser = Fuser(specs, p.states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
-    history = fuser.run(p.iters, p.progress, desc=f"fusing ({name})")
+    changes = fuser.run(p.max_sweeps, p.tol, p.progress, desc=f"fusing ({name})")
     fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
     target_spec = infer_spec(fused, x) if sizes != specs[0].sizes else specs[0]
-    return Fusion(fused, fuser.couplings, target_spec, name, history)
+    return Fusion(fused, fuser.couplings, target_spec, name, changes)
 
 
 def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
