@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import modefuse as mf
 from modefuse.cli import COMMANDS, main
@@ -98,3 +99,26 @@ def test_curve_and_plane_commands(fmnist_train, tmp_path, capsys):
     assert main(["plane", *map(str, paths), "--resolution", "3", "--limit", "500", "--plot", str(plane_png),
                  "--out", str(tmp_path / "plane.json")]) == 0
     assert plane_png.read_bytes()[:4] == b"\x89PNG" and json.loads((tmp_path / "plane.json").read_text())["xs"]
+
+
+def test_align_and_fuse_write_their_spec_beside_the_checkpoint_and_take_it_back(tmp_path):
+    """The spec used is written as NAME.spec.json; --spec takes it (or an edited one) back."""
+    a, b = (mf.models.build("mlp", widths=[16, 8], seed=s) for s in (0, 1))
+    mf.save(a, tmp_path / "a.safetensors")
+    mf.save(b, tmp_path / "b.safetensors")
+    r = run_cli("align", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", tmp_path / "c.safetensors")
+    assert r.returncode == 0, r.stderr
+    spec = mf.PermutationSpec.from_json((tmp_path / "c.spec.json").read_text())
+    assert spec.sizes == {"layers.0": 16, "layers.1": 8}
+    r = run_cli("align", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", tmp_path / "d.safetensors",
+             "--spec", tmp_path / "c.spec.json")
+    assert r.returncode == 0, r.stderr
+    ca, da = (mf.load(tmp_path / n).state_dict() for n in ("c.safetensors", "d.safetensors"))
+    assert all(torch.equal(ca[k], da[k]) for k in ca)
+    # fusion with the spec given gives what fusion with the inferred one gives
+    fused = mf.fuse([a, b], method="otfusion", cost="weight")
+    given = mf.fuse([a, b], method="otfusion", cost="weight", spec=spec)
+    assert all(torch.equal(fused.model.state_dict()[k], v) for k, v in given.model.state_dict().items())
+    wide = mf.fuse([a, mf.models.build("mlp", widths=[12, 6], seed=2)], method="wasserstein", cost="weight",
+                   spec=spec, widths=[20, 10])
+    assert wide.spec.sizes == {"layers.0": 20, "layers.1": 10}

@@ -133,7 +133,8 @@ def _align_args(p):
     p.add_argument("--spec", metavar="JSON", help="a permutation spec to use instead of the inferred one "
                                                  "(spec.to_json(); edit it, or write one for a model export "
                                                  "cannot trace)")
-    p.add_argument("--save-spec", metavar="JSON", help="write the spec used, as JSON")
+    p.add_argument("--save-spec", metavar="JSON", help="where to write the spec used, as JSON (default: beside "
+                                                      "--out, as NAME.spec.json)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -149,16 +150,16 @@ def cmd_align(args) -> int:
         _check_out(args.out, folder=True)
         from . import hf
         res = hf.align_folders(args.reference, args.model, args.out, seed=args.seed, spec=_read_spec(args.spec))
-        _write_spec(args, res.spec)
+        _write_spec(args, res.spec, args.out)
         _report(args, hf.describe(res))
         return 0
     _check_out(args.out, folder=False)
     a, b = mf.load(args.reference), mf.load(args.model)
     data = _load_data(args, "train", a) if args.method != "weight" else None
     res = mf.align(a, b, method=args.method, data=data, seed=args.seed, spec=_read_spec(args.spec))
-    _write_spec(args, res.spec)
     meta = {k: v for k, v in b.checkpoint_metadata.items() if k not in ("arch", "format", "modefuse_version")}
     mf.save(res.model, args.out, **meta, aligned_to=args.reference, alignment_method=args.method)
+    _write_spec(args, res.spec, args.out)
     moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in res.perms.items()}
     _report(args, {"out": args.out, "method": args.method, "groups": len(res.perms),
                    "units_moved": sum(moved.values()), "sweeps": len(res.history)})
@@ -187,10 +188,15 @@ def _read_spec(path):
     return mf.PermutationSpec.from_json(text)
 
 
-def _write_spec(args, spec) -> None:
-    if getattr(args, "save_spec", None):
-        from .storage.atomic import write_text
-        write_text(args.save_spec, spec.to_json() + "\n")
+def _write_spec(args, spec, out) -> None:
+    """The spec used, as JSON: at --save-spec, else beside the output (NAME.spec.json), to edit and pass
+    back with --spec."""
+    if spec is None:
+        return
+    from .storage.atomic import write_text
+    o = Path(out)
+    beside = o.with_suffix(".spec.json") if o.suffix == ".safetensors" else o.with_name(o.name + ".spec.json")
+    write_text(args.save_spec or beside, spec.to_json() + "\n")
 
 
 def _check_out(out: str, folder: bool) -> None:
@@ -277,6 +283,10 @@ def _fuse_args(p):
     p.add_argument("--plot-couplings", type=T.png_file, metavar="PNG", help="heat maps of the couplings")
     p.add_argument("--out", required=True, help="fused checkpoint to write (.safetensors; a folder for Hugging "
                                                 "Face folders)")
+    p.add_argument("--spec", metavar="JSON", help="a permutation spec to use instead of the inferred one (as "
+                                                 "`modefuse align` writes it; edited or hand-written)")
+    p.add_argument("--save-spec", metavar="JSON", help="where to write the fused model's spec (default: beside "
+                                                      "--out, as NAME.spec.json)")
     _add_data_args(p, dataset_default=None)
 
 
@@ -297,10 +307,13 @@ def cmd_fuse(args) -> int:
         if args.finetune or args.repair or args.cost == "activation" or args.plot_couplings:
             raise UsageError("folders are fused from their weights alone here: --finetune, --repair, --cost "
                              "activation and --plot-couplings need data the model takes; use mf.fuse")
+        if args.spec:
+            raise UsageError("--spec with folders: load the models (from_pretrained) and use mf.fuse(models, spec=...)")
         _check_out(args.out, folder=True)
         from . import hf
         fus = hf.fuse_folders(args.checkpoints, args.out, method=args.method, weights=weights, widths=widths,
                               eps=args.eps, cost="weight", outgoing=args.outgoing, progress=True)
+        _write_spec(args, fus.spec, args.out)
         _report(args, {"out": args.out, "method": args.method, "models": len(args.checkpoints),
                        "groups": len(fus.couplings)})
         return 0
@@ -311,7 +324,7 @@ def cmd_fuse(args) -> int:
     needs_train = args.finetune or args.repair or (args.cost == "activation" and args.method != "average")
     train = _load_data(args, "train", models[0]) if needs_train else None
     fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, cost=args.cost,
-                  outgoing=args.outgoing, data=train, progress=True)
+                  outgoing=args.outgoing, data=train, progress=True, spec=_read_spec(args.spec))
     model = fus.model
     rows = {f"input {i} ({Path(c).name})": mf.evaluate(m, test)["accuracy"]
             for i, (m, c) in enumerate(zip(models, args.checkpoints))}
@@ -328,6 +341,7 @@ def cmd_fuse(args) -> int:
     meta = {k: v for k, v in models[0].checkpoint_metadata.items() if k in ("dataset",)}
     mf.save(model, args.out, **meta, fused_from=args.checkpoints, fusion_method=args.method,
             metrics={"accuracy": list(rows.values())[-1]})
+    _write_spec(args, fus.spec, args.out)
     if args.plot_couplings and fus.couplings:
         from .plots import plot_couplings
         plot_couplings(fus.couplings, args.plot_couplings)

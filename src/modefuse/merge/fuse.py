@@ -31,6 +31,7 @@ from torch import nn
 from ..checks import nonneg_float, positive_float, positive_int
 from ..errors import ModefuseError
 from ..storage.statedict import check_finite
+from ..spec.permutation_spec import PermutationSpec
 from .methods import Fusion, FusionProblem, get_fuser
 
 COSTS = ("auto", "weight", "activation")
@@ -40,7 +41,7 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
          widths: Mapping[str, int] | Sequence[int] | None = None, data=None, example_input=None,
          eps: float | None = None, max_sweeps: int = 20, tol: float = 1e-7, alpha_h: float = 1.0,
          cost: str = "auto", outgoing: bool = True, limit: int = 500, progress: bool = False,
-         iters: int | None = None) -> Fusion:
+         spec: PermutationSpec | None = None, iters: int | None = None) -> Fusion:
     """Fuse `models` (same architecture; widths may differ for "wasserstein"/"gromov") into one.
 
     weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
@@ -53,6 +54,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     outgoing: the weight cost also compares each unit's outgoing weights (the next layer's columns,
     transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
     REPORT.md, so on by default; False is the papers' cost.
+    spec: a permutation spec to use instead of inferring one (hand-written for a model export cannot
+    trace, or edited); models of other widths take it with their own sizes.
     max_sweeps: at most this many sweeps over the groups (and barycenter updates per group); tol: they
     stop when no coupling entry moves by this much (the names `mf.align` uses; `iters` is the old name of
     max_sweeps). alpha_h: weight of the hidden-to-hidden term of "gromov" (1: counted like the other
@@ -81,7 +84,7 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     for i, s in enumerate(states):
         check_finite(s, f"model {i}")
     return fuser.run(FusionProblem(models, states, lam, widths, data, example_input, eps, max_sweeps, tol, alpha_h,
-                                   cost, outgoing, limit, progress))
+                                   cost, outgoing, limit, progress, spec))
 
 
 def _weights(weights, k: int) -> list[float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -61,6 +61,7 @@ class FusionProblem:
     outgoing: bool = True
     limit: int = 500
     progress: bool = False
+    spec: PermutationSpec | None = None  # a given spec (hand-written, edited) instead of inferring one
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,11 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     """The loop every transport-based method shares: specs, couplings group by group under `rule`, the
     fused state accumulated one tensor at a time."""
     models, data = p.models, p.data
-    x = example_for(models[0], p.example_input, data)
-    specs = [infer_spec(m, example_for(m, p.example_input, data) if i else x) for i, m in enumerate(models)]
+    x = example_for(models[0], p.example_input, data) if p.spec is None or p.cost == "activation" else None
+    if p.spec is None:
+        specs = [infer_spec(m, example_for(m, p.example_input, data) if i else x) for i, m in enumerate(models)]
+    else:
+        specs = [_given_spec(p.spec, s, p.states[0]) for s in p.states]
     _check_compatible(p.states, specs)
     sizes = _target_sizes(specs[0], p.widths)
     if not rule.free_target and sizes != specs[0].sizes:
@@ -137,13 +141,23 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     fuser = Fuser(specs, p.states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
     changes = fuser.run(p.max_sweeps, p.tol, p.progress, desc=f"fusing ({name})")
     fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
-    target_spec = infer_spec(fused, x) if sizes != specs[0].sizes else specs[0]
+    if sizes == specs[0].sizes:
+        target_spec = specs[0]
+    else:
+        target_spec = infer_spec(fused, x) if p.spec is None else replace(p.spec, sizes={}).check(fused.state_dict())
     return Fusion(fused, fuser.couplings, target_spec, name, changes)
 
 
 def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
     """sum_i lam_i states_i, tensor by tensor."""
     return {k: mix_tensors((s[k] for s in states), lam) for k in states[0]}
+
+
+def _given_spec(spec: PermutationSpec, state, state0) -> PermutationSpec:
+    """The given spec checked against one model: with its sizes where the model has model 0's shapes, else
+    with the sizes read off this model (a model of another width)."""
+    same = all(state[k].shape == v.shape for k, v in state0.items() if k in state)
+    return (spec if same else replace(spec, sizes={})).check(state)
 
 
 def _target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
