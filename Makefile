@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modefuse-installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow test-gpu test-no-data data bench venv clean reproduce-quick
+.PHONY: demo test test-slow test-gpu test-no-data data bench venv clean reproduce-quick docs
 
 venv: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,flower]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,flower,docs]'
 	touch $(STAMP)
 
 # Fashion-MNIST where modefuse looks for it; first, so that a machine that cannot get it fails in seconds.
@@ -28,7 +28,12 @@ demo: data $(STAMP)
 # fails when it is missing (tests/conftest.py); `make test-no-data` skips those tests instead.
 test: data $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache  # the layers contract of pyproject.toml
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --quiet --strict  # the documentation site: a warning is an error
 	$(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]
+
+# The documentation site into runs/site (mkdocs.yml; warnings fail it). `make test` builds it too.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test-no-data: $(STAMP)
 	MODEFUSE_SKIP_DATA_TESTS=1 $(PY) -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no tests ran" >&2; [ $$rc -eq 0 ]

@@ -95,6 +95,10 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
                 attack_limit: int = 2000) -> PathMetrics:
     """Evaluate (1 - alpha) a + alpha b at `steps` alphas in [0, 1] on `data`.
 
+    The loss barrier read off the result (`PathMetrics.loss_barrier`; Frankle et al. 2020, Entezari et
+    al. 2022) is max_alpha L((1 - alpha) a + alpha b) - ((1 - alpha) L(a) + alpha L(b)): a and b are
+    linearly mode connected when it is near 0 (after aligning b to a, for independently trained models).
+
     With BatchNorm, statistics are recomputed at each point on `bn_data` (default: `data`),
     since averaged statistics do not describe the averaged network. With `attack` (an `mf.PGD`),
     robust accuracy on the first `attack_limit` examples too.

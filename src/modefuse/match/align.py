@@ -43,11 +43,39 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
           limit: int = 5000) -> Alignment:
     """Permute `model`'s hidden units toward `reference`; neither input is changed.
 
-    `data` (batches, a Dataset or a tensor of inputs; `limit` examples are used) is needed by
-    "activation" and "weight_cov"; `spec` overrides the inferred permutation spec. Weight matching
-    stops when a sweep over all groups raises its objective by less than `tol` (relative; 0: only
-    when no permutation changes): on two trained MLPs the last 10 of 16 exact sweeps add 0.2% to the
-    objective and leave the loss barrier as it is (benchmarks/align_speed.py).
+    Weight matching (Ainsworth et al. 2022) maximizes sum_k <W_ref[k], P_out W[k] P_in^T> over the
+    permutations of every group by exact coordinate descent; activation matching (Tatro et al. 2020)
+    solves one assignment per group on the correlation of the units' activations on data; "weight_cov"
+    (Ferbach et al. 2024) weighs each layer's inputs by their second moment E[x x^T] on data.
+
+    Parameters
+    ----------
+    reference : nn.Module
+        Model A, whose unit order is kept.
+    model : nn.Module
+        Model B, of the same architecture, whose units are permuted.
+    method : str
+        "weight", "activation" or "weight_cov" (or a method registered with `register_aligner`).
+    example_input : tensor, tuple or dict, optional
+        One batch to trace the model with; default the first batch of `data`, or a zoo model's shape.
+    data : batches, Dataset or tensor, optional
+        Inputs for the methods that read activations ("activation", "weight_cov"); `limit` examples.
+    seed : int
+        Order of the groups in weight matching's sweeps.
+    spec : PermutationSpec, optional
+        A spec to use instead of the inferred one (hand-written, edited); it is not changed.
+    max_sweeps, tol : int, float
+        Weight matching stops after `max_sweeps` sweeps, or when one raises the objective by less than
+        `tol` times its value (0: only when no permutation changes; on two trained MLPs the last 10 of
+        16 exact sweeps add 0.2% to the objective and leave the loss barrier as it is).
+    limit : int
+        Examples of `data` read by the activation-based methods.
+
+    Returns
+    -------
+    Alignment
+        The permuted copy of `model` (the same function), the permutations, the spec and, for weight
+        matching, the objective after each sweep.
     """
     aligner = get_aligner(method)
     ref_state, state = reference.state_dict(), model.state_dict()

@@ -44,6 +44,12 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
          spec: PermutationSpec | None = None, iters: int | None = None) -> Fusion:
     """Fuse `models` (same architecture; widths may differ for "wasserstein"/"gromov") into one.
 
+    Each group's units are coupled to the target's by optimal transport on C[j, j'] = ||F_target[j] -
+    F_i[j']||^2 (features F: a unit's transported incoming weights, or its activations), and the fused
+    weights are the barycenter sum_i lambda_i n pi_i W_i (OTFusion, Singh & Jaggi 2020; Wasserstein
+    barycenter fusion, Akash et al. 2023). Returns a `Fusion`: the model, the couplings per group, the
+    target's spec and the largest coupling change per sweep.
+
     weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
     order of the spec's groups; default: model 0's); eps: Sinkhorn regularization relative to the
     largest cost (default: exact OT).

@@ -623,6 +623,10 @@ def infer_spec(model: nn.Module, example_input, unknown: str = "error",
                outputs: Sequence[int] | None = None) -> PermutationSpec:
     """The permutation spec of `model`, inferred from its exported graph on `example_input`.
 
+    Hidden units are the axes that carry the same order through the graph: every node is handed to the
+    rule registered for its op family (`register_rule`), which joins the axes that must move together;
+    inputs and outputs never move, and units an op does not commute with are left fixed (with a warning).
+
     `example_input`: one batch (a tensor, a tuple of positional inputs, or a dict of keyword
     inputs such as {"input_ids": ...}). `unknown="fix"` leaves the units reaching an op that no rule
     follows where they are instead of raising. `outputs`: the positions, among the model's flattened
