@@ -125,3 +125,15 @@ def test_robust_curve_trains_on_adversarial_examples_and_reports_robust_accuracy
     ev = curve.evaluate(fmnist_test, n=3, attack=attack, limit=300)
     assert len(ev.robust_accuracy) == 3
     assert all(r < c for r, c in zip(ev.robust_accuracy, ev.accuracy))
+
+
+def test_a_curve_is_trained_by_mf_train_and_its_divergence_is_caught(fmnist_train):
+    """One training loop: the curve is a module (`CurveModule`) trained by `mf.train`, whose checks come with it."""
+    from modefuse.landscape.curves import CurveModule
+    a, b = (build("mlp", seed=s) for s in (0, 1))
+    curve = mf.fit_curve(a, b, fmnist_train, epochs=1, limit=512, progress=False)
+    assert set(curve.history[0]) >= {"epoch", "train_loss", "train_accuracy"}  # mf.train's rows
+    module = CurveModule(curve)
+    assert {n for n, _ in module.named_parameters()} == {f"middle.{n}" for n, _ in curve.middle.named_parameters()}
+    with pytest.raises(mf.ModefuseError, match="training diverged"):
+        mf.fit_curve(a, b, fmnist_train, epochs=1, limit=512, lr=1e30, progress=False)

@@ -4,16 +4,11 @@ to the first, adversarially, or by proximal alternating minimization (PAM) over 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
 
@@ -21,7 +16,6 @@ from ..version import __version__
 from ..zoo import models as zoo
 from ..match.align import align as align_models
 from ..match.weight_matching import weight_matching
-from ..storage.atomic import atomic_path
 from .attack import PGD, robust_accuracy
 from ..zoo.batching import batches
 from ..merge.bn import has_batchnorm, reset_bn
@@ -29,9 +23,10 @@ from ..checks import int_at_least, nonneg_float, nonneg_int, one_of, optional_po
     positive_int, probability
 from ..errors import CheckpointError, ModefuseError
 from .interpolate import Blender, PathMetrics
-from ..progress import bar, write
-from ..storage.statedict import check_same_architecture
-from ..zoo.training import lr_at, make_optimizer
+from ..progress import bar
+from ..storage.statedict import check_finite, check_same_architecture
+from ..zoo.checkpoint import read_tensors, state_tensors, write_tensors
+from ..zoo.training import train
 from ..spec.transport import permute
 
 KINDS = ("bezier", "polychain")
@@ -87,26 +82,21 @@ class Curve:
         return res
 
     def save(self, path: str | os.PathLike, **metadata) -> Path:
-        """Endpoints and middle point in one .safetensors file (atomic)."""
-        tensors = {f"{p}.{k}": v.detach().cpu().contiguous().clone()
-                   for p, m in (("a", self.a), ("b", self.b), ("middle", self.middle))
-                   for k, v in m.state_dict().items()}
+        """Endpoints and middle point in one .safetensors file (atomic, through `checkpoint`)."""
+        tensors = {k: v for p, m in (("a", self.a), ("b", self.b), ("middle", self.middle))
+                   for k, v in state_tensors(m, f"{p}.").items()}
+        check_finite(tensors, f"refusing to save {path}")
         meta = {"format": "modefuse-curve", "modefuse_version": __version__, "kind": self.kind,
                 "arch": getattr(self.a, "arch", None), "history": self.history, "pam_history": self.pam_history,
                 **metadata}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"modefuse": json.dumps(meta, default=str)})
+        write_tensors(path, tensors, meta)
         return Path(path)
 
 
 def load_curve(path: str | os.PathLike) -> Curve:
     """Read a curve written by `Curve.save`."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("modefuse", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several kinds on damaged files
-        raise CheckpointError(f"{path} is not a readable curve checkpoint: {e}") from None
+    tensors, meta = read_tensors(path)
+    meta = meta or {}
     if meta.get("format") != "modefuse-curve" or not meta.get("arch"):
         raise CheckpointError(f"{path} is not a modefuse curve (write one with `modefuse curve ... --out`)")
     parts = []
@@ -147,51 +137,60 @@ def _check_training(epochs, lr, optimizer, batch_size, limit) -> None:
     one_of(optimizer, ("adam", "sgd"), "optimizer")
 
 
-def _train_middle(curve: Curve, data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit):
-    work = copy.deepcopy(curve.middle)
-    names = [n for n, _ in work.named_parameters()]
-    pa = dict(curve.a.named_parameters())
-    pb = dict(curve.b.named_parameters())
-    mid = {n: p.detach().clone().requires_grad_(True) for n, p in curve.middle.named_parameters()}
-    opt = make_optimizer(optimizer, list(mid.values()), lr)
-    gen = torch.Generator().manual_seed(seed)
-    device = next(work.parameters()).device
-    n_total = len(data) if limit is None else min(limit, len(data))
-    steps = math.ceil(n_total / batch_size) * epochs
-    step = 0
-    for epoch in range(epochs):
-        work.train()
-        loss_sum, n = 0.0, 0
-        order_gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        pbar = bar(batches(data, batch_size, shuffle=True, generator=order_gen, device=device, limit=limit),
-                   total=math.ceil(n_total / batch_size), desc=f"curve epoch {epoch + 1}/{epochs}",
-                   enabled=progress, unit="batch")
-        for x, y in pbar:
-            t = torch.rand((), generator=gen).item()
-            ca, cm, cb = coefficients(curve.kind, t)
-            params = {k: ca * pa[k].detach() + cm * mid[k] + cb * pb[k].detach() for k in names}
-            if adversarial is not None:
-                with torch.no_grad():
-                    for k, p in work.named_parameters():
-                        p.copy_(params[k])
-                x = adversarial(work, x, y)
-                work.train()
-            for g in opt.param_groups:
-                g["lr"] = lr_at("cosine", lr, step, steps)
-            loss = F.cross_entropy(functional_call(work, params, (x,)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss.item() * len(y)
-            n += len(y)
-        curve.history.append({"epoch": len(curve.history) + 1, "train_loss": loss_sum / max(n, 1)})
-        if progress:
-            write(f"curve epoch {curve.history[-1]['epoch']}: train_loss {curve.history[-1]['train_loss']:.4f}")
-    with torch.no_grad():
-        for k, p in curve.middle.named_parameters():
-            p.copy_(mid[k])
-        if has_batchnorm(curve.middle):  # a sensible middle point for its own statistics
+class CurveModule(nn.Module):
+    """A curve between fixed endpoints as a module, so that `mf.train` trains it: its parameters are the
+    middle point's, and each training forward runs the model at a point t drawn uniformly in [0, 1], one t
+    per batch (Garipov et al. 2018): the loss is E_t L(phi(t)), phi(t) = c_a(t) a + c_m(t) m + c_b(t) b."""
+
+    def __init__(self, curve: "Curve", seed: int = 0):
+        super().__init__()
+        self.kind, self.middle = curve.kind, curve.middle  # trained in place
+        self._template = [copy.deepcopy(curve.middle)]  # the architecture, run functionally (not a submodule)
+        self._ends = [{k: p.detach() for k, p in m.named_parameters()} for m in (curve.a, curve.b)]
+        self._gen = torch.Generator().manual_seed(seed)
+        self.held: float | None = None  # a t drawn ahead (for an attack on this batch's point)
+
+    def draw(self) -> float:
+        """Draw this batch's t; the next forward uses it."""
+        self.held = torch.rand((), generator=self._gen).item()
+        return self.held
+
+    def params_at(self, t: float) -> dict[str, torch.Tensor]:
+        ca, cm, cb = coefficients(self.kind, t)
+        (pa, pb), mid = self._ends, dict(self.middle.named_parameters())
+        return {k: ca * pa[k] + cm * mid[k] + cb * pb[k] for k in mid}
+
+    def point(self, t: float) -> nn.Module:
+        """The working model with its weights set to the point at t (no gradient)."""
+        work, params = self._template[0], self.params_at(t)
+        with torch.no_grad():
+            for k, p in work.named_parameters():
+                p.copy_(params[k])
+        return work
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.held if self.held is not None else self.draw()
+        self.held = None
+        work = self._template[0]
+        work.train(self.training)
+        return functional_call(work, self.params_at(t), (x,))
+
+
+def _train_middle(curve: "Curve", data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit):
+    """Train the curve's middle point with `mf.train` (its loop, schedule, divergence check and progress)."""
+    module = CurveModule(curve, seed)
+
+    def at_this_batch_point(m: CurveModule, x, y):  # adversarial examples of the point the batch trains
+        x = adversarial(m.point(m.draw()), x, y)
+        m.train()
+        return x
+
+    history = train(module, data, epochs=epochs, lr=lr, seed=seed, optimizer=optimizer, batch_size=batch_size,
+                    progress=progress, limit=limit, perturb=at_this_batch_point if adversarial is not None else None)
+    start = len(curve.history)
+    curve.history.extend({**row, "epoch": start + row["epoch"]} for row in history)
+    if has_batchnorm(curve.middle):  # a sensible middle point for its own statistics
+        with torch.no_grad():
             curve.middle.load_state_dict({**curve.middle.state_dict(),
                                           **{k: v for k, v in Blender(curve.a, curve.b).set([0.5, 0.5])
                                              .state_dict().items() if "running" in k}})

@@ -26,11 +26,14 @@ from ..storage.statedict import check_finite, check_same_architecture
 _KEY = "modefuse"
 
 
-def _state_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+def state_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """`model`'s state as CPU tensors to write, names prefixed with `prefix`."""
     return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _write(path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def write_tensors(path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """`tensors` and the JSON metadata `meta` into one .safetensors file, atomically: every file modefuse
+    writes (models, training states, curves) goes through here."""
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_KEY: json.dumps(meta, default=str)})
 
@@ -40,11 +43,11 @@ def save(model: nn.Module, path: str | os.PathLike, **metadata) -> Path:
     check_finite(model.state_dict(), f"refusing to save {path}")
     meta = {"format": "modefuse-model", "modefuse_version": __version__,
             "arch": getattr(model, "arch", None), **metadata}
-    _write(path, _state_tensors(model), meta)
+    write_tensors(path, state_tensors(model), meta)
     return Path(path)
 
 
-def _open(path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_tensors(path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Tensors and modefuse metadata of a .safetensors file (metadata None for a foreign file)."""
     path = Path(path)
     if path.is_dir():
@@ -72,7 +75,7 @@ def _open(path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a checkpoint (architecture, dataset, seed, metrics, ...)."""
-    meta = _open(path)[1]
+    meta = read_tensors(path)[1]
     if meta is None:
         raise CheckpointError(_foreign(path))
     return meta
@@ -85,7 +88,7 @@ def _foreign(path) -> str:
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, check_nonfinite: bool = True) -> nn.Module:
     """Rebuild the module stored at `path` (or fill `model` with its weights); `.checkpoint_metadata` holds the metadata."""
-    tensors, meta = _open(path)
+    tensors, meta = read_tensors(path)
     meta = meta or {}
     if meta.get("format") == "modefuse-curve" and model is None:
         raise CheckpointError(f"{path} is a curve (three models, written by `modefuse curve`), not one model; "
@@ -120,7 +123,7 @@ def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
 def save_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                **info) -> None:
     """Write model weights, optimizer buffers and `info` (epoch, history, config) for resuming."""
-    tensors = _state_tensors(model, "model.")
+    tensors = state_tensors(model, "model.")
     sd = optimizer.state_dict()
     plain = {}
     for pid, st in sd["state"].items():
@@ -132,12 +135,12 @@ def save_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim
     meta = {"format": "modefuse-train-state", "modefuse_version": __version__,
             "arch": getattr(model, "arch", None), "param_groups": sd["param_groups"],
             "optim_plain": plain, **info}
-    _write(path, tensors, meta)
+    write_tensors(path, tensors, meta)
 
 
 def load_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore what `save_state` wrote into `model` and `optimizer`; return the stored info."""
-    tensors, meta = _open(path)
+    tensors, meta = read_tensors(path)
     if not meta or meta.get("format") != "modefuse-train-state":
         raise CheckpointError(f"{path} is not a training-state file; remove it to start training afresh")
     _fill(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)

@@ -53,14 +53,15 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
           weight_decay: float = 0.0, eval_data=None, resume: str | os.PathLike | None = None,
           progress: bool = True, loss_fn: LossFn | None = None,
           perturb: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-          ) -> list[dict[str, Any]]:
+          limit: int | None = None) -> list[dict[str, Any]]:
     """Train `model` in place; return one dict of metrics per epoch.
 
     The same seed gives the same weights on CPU: batch order and dropout are
     seeded per epoch, so a run resumed from `resume` (a training-state file
     written after every epoch, removed when training ends) ends where an
     uninterrupted run would. `perturb(model, x, y)` replaces each input batch
-    (adversarial training); `eval_data` adds test metrics per epoch.
+    (adversarial training); `eval_data` adds test metrics per epoch; `limit`: at most that many
+    examples per epoch.
     """
     epochs = nonneg_int(epochs, "epochs")
     lr = positive_float(lr, "lr")
@@ -69,6 +70,7 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
     one_of(schedule, ("cosine", "step", "constant"), "schedule")
     momentum = fraction_below_one(momentum, "momentum")
     weight_decay = nonneg_float(weight_decay, "weight_decay")
+    limit = optional_positive_int(limit, "limit")
     loss_fn = loss_fn or F.cross_entropy
     device = _device_of(model)
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
@@ -79,14 +81,15 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
         history, start = info.get("history", []), int(info.get("epoch", 0))
         if progress:
             write(f"resuming from {resume} after epoch {start}")
-    steps_per_epoch = math.ceil(_num_examples(dataset, batch_size) / batch_size)
+    n_examples = _num_examples(dataset, batch_size)
+    steps_per_epoch = math.ceil((n_examples if limit is None else min(limit, n_examples)) / batch_size)
     total = steps_per_epoch * epochs
     for epoch in range(start, epochs):
         torch.manual_seed(seed * 100_003 + epoch)  # dropout and other in-model randomness
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         model.train()
         t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
-        pbar = bar(batches(dataset, batch_size, shuffle=True, generator=gen, device=device),
+        pbar = bar(batches(dataset, batch_size, shuffle=True, generator=gen, device=device, limit=limit),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress, unit="batch")
         for i, (x, y) in enumerate(pbar):
             if i == 0:
