@@ -21,7 +21,7 @@ MOVED = {
     "transport": "spec.transport", "speccache": "spec.cache",
     "scoreterms": "match.scoreterms", "blockmatch": "match.blockmatch", "solvers": "match.solvers",
     "probe": "match.probe", "bn": "merge.bn", "curves": "landscape.curves", "attack": "landscape.attack",
-    "textdata": "hf.textdata", "flower": "federated.flower", "experiments.curves_exp": "experiments.curves",
+    "textdata": "hf.textdata", "plots": "landscape.plots", "flower": "federated.flower", "experiments.curves_exp": "experiments.curves",
 }
 
 

@@ -251,7 +251,7 @@ def cmd_interpolate(args) -> int:
             aligned = mf.align(a, b, method=args.align, data=train).model
             paths[f"aligned ({args.align})"] = mf.interpolate(a, aligned, data, steps=args.steps)
     if args.plot:
-        from .plots import plot_paths
+        from .landscape.plots import plot_paths
         plot_paths(paths, args.plot, title=f"{Path(args.a).name} (alpha 0) to {Path(args.b).name} (alpha 1)")
     result = {}
     for label, p in paths.items():
@@ -343,7 +343,7 @@ def cmd_fuse(args) -> int:
             metrics={"accuracy": list(rows.values())[-1]})
     _write_spec(args, fus.spec, args.out)
     if args.plot_couplings and fus.couplings:
-        from .plots import plot_couplings
+        from .landscape.plots import plot_couplings
         plot_couplings(fus.couplings, args.plot_couplings)
     if args.json:
         print(json.dumps({"out": args.out, "test_accuracy": rows}))
@@ -426,7 +426,7 @@ def cmd_curve(args) -> int:
                         progress=True)
     linear = mf.interpolate(a, curve.b, test, steps=args.points, bn_data=train)
     if args.plot:
-        from .plots import plot_curve
+        from .landscape.plots import plot_curve
         plot_curve({f"{args.kind} curve" + (f" ({args.align})" if args.align else ""): ev,
                     "linear path": linear}, args.plot)
     _report(args, {"curve mean accuracy": ev.mean_accuracy, "curve min accuracy": ev.min_accuracy,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import modefuse as mf
 from modefuse.storage.atomic import write_json, write_text
-from modefuse.plots import plot_couplings, plot_paths
+from modefuse.landscape.plots import plot_couplings, plot_paths
 from modefuse.zoo.train_or_load import trained
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..registry import Registry
 from ..zoo import data as mfdata
 from ..zoo.train_or_load import trained
 
@@ -25,15 +26,12 @@ class Experiment:
     presets: dict[str, dict]
 
 
-REGISTRY: dict[str, Experiment] = {}
+REGISTRY: Registry[Experiment] = Registry("experiment")
 
 
 def experiment(name: str, summary: str, presets: dict[str, dict]):
     """Register `run(ctx)` as experiment `name`; `presets` maps tiny/quick/full to its settings."""
-    def deco(fn):
-        REGISTRY[name] = Experiment(name, summary, fn, presets)
-        return fn
-    return deco
+    return REGISTRY.register(name, lambda fn: Experiment(name, summary, fn, presets))
 
 
 @dataclass

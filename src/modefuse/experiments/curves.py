@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..landscape.attack import PGD
 from ..landscape.curves import fit_curve, pam
 from ..landscape.interpolate import interpolate
-from ..plots import plot_curve
+from ..landscape.plots import plot_curve
 from .base import Run, experiment
 
 

@@ -7,7 +7,7 @@ import time
 import torch
 
 from ..zoo.models import build_for
-from ..plots import plt, save_figure
+from ..landscape.plots import plt, save_figure
 from ..zoo.training import evaluate
 from .base import Run, experiment
 

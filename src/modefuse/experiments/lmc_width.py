@@ -5,7 +5,7 @@ import torch
 
 from ..match.align import align
 from ..landscape.interpolate import interpolate
-from ..plots import plt, save_figure
+from ..landscape.plots import plt, save_figure
 from .base import Run, experiment
 
 METHODS = ("naive", "weight", "weight_cov", "activation")

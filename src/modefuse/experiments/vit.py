@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..match.align import align
 from ..landscape.interpolate import interpolate
-from ..plots import plot_paths
+from ..landscape.plots import plot_paths
 from .base import Run, experiment
 from .wb import HEADER, _fusion_rows, _input_rows
 

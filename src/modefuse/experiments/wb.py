@@ -8,7 +8,7 @@ from ..match.align import align
 from ..merge.bn import has_batchnorm, reset_bn
 from ..merge.fuse import fuse
 from ..landscape.plane import plane
-from ..plots import plot_couplings
+from ..landscape.plots import plot_couplings
 from ..merge.repair import repair
 from ..zoo.training import evaluate, train
 from .base import Run, experiment

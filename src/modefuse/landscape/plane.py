@@ -30,7 +30,7 @@ class Plane:
 
     def plot(self, path: str | os.PathLike, title: str = "") -> None:
         """Filled contours of test loss and accuracy with the three models marked and labelled."""
-        from ..plots import plot_plane
+        from .plots import plot_plane
         plot_plane(self, path, title)
 
 

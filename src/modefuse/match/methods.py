@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModefuseError
+from ..registry import Registry, first_line
 from ..spec.permutation_spec import PermutationSpec
 from .probe import input_second_moments, taps, unit_correlations
 from .solvers import assignment
@@ -48,21 +49,16 @@ class AlignMethod:
     summary: str
 
 
-ALIGNERS: dict[str, AlignMethod] = {}
+ALIGNERS: Registry[AlignMethod] = Registry("alignment method")
 
 
 def register_aligner(name: str, needs_data: bool = False, summary: str = ""):
     """Decorator: `fn(problem) -> (perms, history)` becomes alignment method `name` of `mf.align`."""
-    def deco(fn):
-        ALIGNERS[name] = AlignMethod(name, fn, needs_data, summary or (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-    return deco
+    return ALIGNERS.register(name, lambda fn: AlignMethod(name, fn, needs_data, summary or first_line(fn)))
 
 
 def get_aligner(name: str) -> AlignMethod:
-    if name not in ALIGNERS:
-        raise ModefuseError(f"unknown alignment method {name!r}; use one of {', '.join(ALIGNERS)}")
-    return ALIGNERS[name]
+    return ALIGNERS.unit(name)
 
 
 @register_aligner("weight")

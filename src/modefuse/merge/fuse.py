@@ -1,26 +1,6 @@
-"""Fusion of K models into one: vanilla averaging, OTFusion, Wasserstein and Gromov-Wasserstein barycenters.
-
-The transport-based methods (`methods.py`, one unit each; the loop in `couplings.py`) share one loop over the permutation spec's groups (in graph order). Each unit of group g
-in model i has a feature vector; with `cost="weight"` it is the unit's whole incoming vector (every
-tensor of the group along its unit axis, [W | b], conv kernels, norm parameters), with the other
-groups' axes already transported into the target's basis by their couplings (OTFusion, Singh & Jaggi
-2020; the WB paper's cost through the previous layer's coupling, Akash et al. 2023), and with
-`outgoing` also its outgoing weights; with `cost="activation"` it is the unit's activations on a few
-hundred training examples. Then
-
-    C_i[j, j'] = || F_target[j] - F_i[j'] ||^2,    pi_i = OT(uniform, uniform, C_i)
-
-(exact, or Sinkhorn with `eps`), and the target is the barycenter sum_i lambda_i n pi_i F_i.
-- "otfusion": the target is model 0 and stays so;
-- "wasserstein": per group, couplings and barycenter alternate until no coupling changes (free-support
-  WB, any target width);
-- "gromov": as "wasserstein", but a recurrent layer's hidden coupling also matches the
-  hidden-to-hidden matrices (a fused Gromov-Wasserstein term of weight `alpha_h`: their rows,
-  transported by the current hidden coupling, join the features; re-solved until stable);
-  "wasserstein" ignores hidden-to-hidden matrices when coupling, as Wang et al. (2020) did.
-The fused model is the barycenter of the K models transported by their couplings
-(`transport.transport_tensor`), accumulated one tensor at a time.
-"""
+"""`mf.fuse`: K models into one by a fusion method chosen by name (`methods.FUSERS`: averaging, OTFusion,
+Wasserstein and Gromov-Wasserstein barycenters); the transport-based ones share the coupling loop of
+`couplings.py`, whose docstring gives the algorithm."""
 from __future__ import annotations
 
 import warnings

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ArchitectureMismatchError, ModefuseError
+from ..registry import Registry, first_line
 from ..checks import positive_int
 from ..match.probe import example_for, taps, unit_activations
 from ..spec.infer import infer_spec
@@ -72,22 +73,17 @@ class FusionMethod:
     aligns: bool  # whether it matches units before mixing (vanilla averaging does not)
 
 
-FUSERS: dict[str, FusionMethod] = {}
+FUSERS: Registry[FusionMethod] = Registry("fusion method")
 
 
 def register_fuser(name: str, summary: str = "", aligns: bool = True):
     """Decorator: `fn(problem) -> Fusion` becomes fusion method `name` of `mf.fuse`. `aligns`: it matches
     the models' units before mixing them (the contract tests then ask it to fuse permuted copies back)."""
-    def deco(fn):
-        FUSERS[name] = FusionMethod(name, fn, summary or (fn.__doc__ or "").strip().split("\n")[0], aligns)
-        return fn
-    return deco
+    return FUSERS.register(name, lambda fn: FusionMethod(name, fn, summary or first_line(fn), aligns))
 
 
 def get_fuser(name: str) -> FusionMethod:
-    if name not in FUSERS:
-        raise ModefuseError(f"unknown fusion method {name!r}; use one of {', '.join(FUSERS)}")
-    return FUSERS[name]
+    return FUSERS.unit(name)
 
 
 @register_fuser("average", aligns=False)

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .storage.atomic import atomic_path  # noqa: E402
+from ..storage.atomic import atomic_path  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> None:
