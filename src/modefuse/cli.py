@@ -155,7 +155,7 @@ def cmd_align(args) -> int:
         return 0
     _check_out(args.out, folder=False)
     a, b = mf.load(args.reference), mf.load(args.model)
-    data = _load_data(args, "train", a) if args.method != "weight" else None
+    data = _load_data(args, "train", a) if _needs_data(args.method) else None
     res = mf.align(a, b, method=args.method, data=data, seed=args.seed, spec=_read_spec(args.spec))
     meta = {k: v for k, v in b.checkpoint_metadata.items() if k not in ("arch", "format", "modefuse_version")}
     mf.save(res.model, args.out, **meta, aligned_to=args.reference, alignment_method=args.method)
@@ -164,6 +164,18 @@ def cmd_align(args) -> int:
     _report(args, {"out": args.out, "method": args.method, "groups": len(res.perms),
                    "units_moved": sum(moved.values()), "sweeps": len(res.history)})
     return 0
+
+
+def _needs_data(method: str) -> bool:
+    """Whether alignment method `method` reads activations (the registry says; the CLI loads the data then)."""
+    from .match.methods import get_aligner
+    return get_aligner(method).needs_data
+
+
+def _fuser_aligns(method: str) -> bool:
+    """Whether fusion method `method` matches units first (vanilla averaging does not: no data needed)."""
+    from .merge.methods import get_fuser
+    return get_fuser(method).aligns
 
 
 def _folders(*paths) -> bool:
@@ -247,7 +259,7 @@ def cmd_interpolate(args) -> int:
         data = _load_data(args, args.split, a)
         paths = {"naive": mf.interpolate(a, b, data, steps=args.steps)}
         if args.align:
-            train = _load_data(args, "train", a) if args.align != "weight" else None
+            train = _load_data(args, "train", a) if _needs_data(args.align) else None
             aligned = mf.align(a, b, method=args.align, data=train).model
             paths[f"aligned ({args.align})"] = mf.interpolate(a, aligned, data, steps=args.steps)
     if args.plot:
@@ -321,7 +333,7 @@ def cmd_fuse(args) -> int:
     args.cost = args.cost or "activation"
     models = [mf.load(c) for c in args.checkpoints]
     test = _load_data(args, "test", models[0])
-    needs_train = args.finetune or args.repair or (args.cost == "activation" and args.method != "average")
+    needs_train = args.finetune or args.repair or (args.cost == "activation" and _fuser_aligns(args.method))
     train = _load_data(args, "train", models[0]) if needs_train else None
     fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, cost=args.cost,
                   outgoing=args.outgoing, data=train, progress=True, spec=_read_spec(args.spec))
@@ -380,7 +392,7 @@ def cmd_plane(args) -> int:
     if args.c:
         c, labels = mf.load(args.c), ("model 1", "model 2", "model 3")
     else:
-        train = _load_data(args, "train", a) if method != "weight" else None
+        train = _load_data(args, "train", a) if _needs_data(method) else None
         c, labels = mf.align(a, b, method=method, data=train).model, ("model 1", "model 2", "permuted model 2")
     res = mf.plane(a, b, c, test, resolution=args.resolution, labels=labels, limit=args.limit)
     if args.plot:

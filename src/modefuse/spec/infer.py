@@ -627,13 +627,26 @@ def infer_spec(model: nn.Module, example_input, unknown: str = "error",
     rule registered for its op family (`register_rule`), which joins the axes that must move together;
     inputs and outputs never move, and units an op does not commute with are left fixed (with a warning).
 
-    `example_input`: one batch (a tensor, a tuple of positional inputs, or a dict of keyword
-    inputs such as {"input_ids": ...}). `unknown="fix"` leaves the units reaching an op that no rule
-    follows where they are instead of raising. `outputs`: the positions, among the model's flattened
-    outputs, whose values permutations must keep (default all; a Hugging Face encoder-decoder also
-    returns the encoder's hidden states: outputs=[0] keeps only the logits, so that the encoder's
-    residual stream can move). Specs are cached per architecture and input shape, in memory and on disk
-    (`spec.cache`: the next process skips the export).
+    Parameters
+    ----------
+    model : nn.Module
+        Any module `torch.export` can trace (the zoo's, `torch.nn`'s, Hugging Face transformers').
+    example_input : tensor, tuple or dict
+        One batch: a tensor, a tuple of positional inputs, or a dict of keyword inputs such as
+        {"input_ids": ...}.
+    unknown : str
+        "error" (default): an op no rule follows that reaches hidden units raises, naming the node;
+        "fix": those units stay where they are.
+    outputs : sequence of int, optional
+        The positions, among the model's flattened outputs, whose values permutations must keep (default
+        all; a Hugging Face encoder-decoder also returns the encoder's hidden states: outputs=[0] keeps
+        only the logits, so that the encoder's residual stream can move).
+
+    Returns
+    -------
+    PermutationSpec
+        Frozen data (the graph it came from: `trace_of(spec)`). Specs are cached per architecture and
+        input shape, in memory and on disk (`spec.cache`: the next process skips the export).
     """
     if unknown not in ("error", "fix"):
         raise ValueError(f"unknown must be 'error' or 'fix', got {unknown!r}")

@@ -56,12 +56,36 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
           limit: int | None = None) -> list[dict[str, Any]]:
     """Train `model` in place; return one dict of metrics per epoch.
 
-    The same seed gives the same weights on CPU: batch order and dropout are
-    seeded per epoch, so a run resumed from `resume` (a training-state file
-    written after every epoch, removed when training ends) ends where an
-    uninterrupted run would. `perturb(model, x, y)` replaces each input batch
-    (adversarial training); `eval_data` adds test metrics per epoch; `limit`: at most that many
-    examples per epoch.
+    The one training loop of the library: zoo models, curves (`CurveModule`) and PAM are trained here.
+    The same seed gives the same weights on CPU: batch order and dropout are seeded per epoch, so a run
+    resumed from `resume` ends where an uninterrupted run would. A non-finite loss stops training with
+    an error naming the epoch and batch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place.
+    dataset : Dataset or batches
+        (inputs, targets) pairs.
+    epochs, lr, seed, optimizer, batch_size, schedule, momentum, weight_decay
+        The recipe: "adam" or "sgd"; schedule "cosine", "step" or "constant" (per step).
+    eval_data : optional
+        Adds test metrics to each epoch's row.
+    resume : path, optional
+        A training-state file written after every epoch (removed when training ends).
+    progress : bool
+        A bar per epoch on a terminal, a line per epoch elsewhere.
+    loss_fn : callable, optional
+        loss_fn(outputs, targets); default cross-entropy.
+    perturb : callable, optional
+        perturb(model, x, y) replaces each input batch (adversarial training).
+    limit : int, optional
+        At most that many examples per epoch.
+
+    Returns
+    -------
+    list of dict
+        Per epoch: train loss and accuracy, seconds, examples per second (and test metrics).
     """
     epochs = nonneg_int(epochs, "epochs")
     lr = positive_float(lr, "lr")
