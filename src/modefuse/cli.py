@@ -140,9 +140,8 @@ def _align_args(p):
 
 @command("align", "permute model B's hidden units toward model A (same function, A's basin)", _align_args)
 def cmd_align(args) -> int:
-    import torch
-
     import modefuse as mf
+    from .spec.transport import moved_units
     if _folders(args.reference, args.model):
         if args.method != "weight":
             raise UsageError(f"folders are aligned by weight matching, streamed; --method {args.method} needs the "
@@ -160,9 +159,8 @@ def cmd_align(args) -> int:
     meta = {k: v for k, v in b.checkpoint_metadata.items() if k not in ("arch", "format", "modefuse_version")}
     mf.save(res.model, args.out, **meta, aligned_to=args.reference, alignment_method=args.method)
     _write_spec(args, res.spec, args.out)
-    moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in res.perms.items()}
     _report(args, {"out": args.out, "method": args.method, "groups": len(res.perms),
-                   "units_moved": sum(moved.values()), "sweeps": len(res.history)})
+                   "units_moved": moved_units(res.perms), "sweeps": len(res.history)})
     return 0
 
 

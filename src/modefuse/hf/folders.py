@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ModefuseError
 from ..storage.lazystate import LazyState, weight_files, write_streamed
 from ..spec.permutation_spec import PermutationSpec
 from ..storage.statedict import check_finite, check_same_architecture
-from ..spec.transport import permute_tensor
+from ..spec.transport import moved_units, permute_tensor
 
 # the files copied beside the weights (configs, tokenizers); weights in other formats are never copied:
 # they would hold the unaligned model
@@ -156,7 +156,7 @@ def interpolate_folders(a: str | os.PathLike, b: str | os.PathLike, text: str | 
                         align: bool = False, block: int = 128, limit: int | None = None, seed: int = 0,
                         progress: bool = True) -> dict:
     """Next-token loss and accuracy on `text` along the straight line from folder `a` to folder `b`
-    (causal language models): {"naive": Path} and, with `align`, {"aligned (weight)": Path} where B was
+    (causal language models): {"naive": PathMetrics} and, with `align`, {"aligned (weight)": PathMetrics}, B
     first weight-matched to A. The text is tokenized with A's tokenizer and cut into blocks of `block`
     tokens (`limit`: at most that many blocks). Both models are held in memory."""
     from ..match.align import align as align_models
@@ -253,8 +253,7 @@ def _copy_small_files(source: Path, dest: Path) -> None:
 
 
 def describe(res: FolderAlignment) -> dict:
-    moved = {g: int((p != torch.arange(len(p))).sum()) for g, p in res.perms.items()}
-    return {"out": str(res.out), "groups": len(res.perms), "units_moved": sum(moved.values()),
+    return {"out": str(res.out), "groups": len(res.perms), "units_moved": moved_units(res.perms),
             "sweeps": len(res.history), "seconds": round(res.seconds, 2)}
 
 

@@ -29,7 +29,7 @@ from .units import FIXED, UnitVars
 
 HOW_TO = ("teach modefuse the op with mf.register_rule, or write the spec by hand as plain data: "
           "mf.PermutationSpec(groups={'name': [('layer.weight', 0), ...]}) and pass it as spec= "
-          "(see modefuse/spec.py)")
+          "(see modefuse/spec/permutation_spec.py; PermutationSpec.from_axes builds one per tensor)")
 
 _VIEWS = {torch.ops.aten.t, torch.ops.aten.transpose, torch.ops.aten.permute, torch.ops.aten.view,
           torch.ops.aten.reshape, torch.ops.aten.alias, torch.ops.aten.to, torch.ops.aten._to_copy,

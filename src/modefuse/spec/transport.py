@@ -123,6 +123,11 @@ def invert(perm: torch.Tensor) -> torch.Tensor:
     return inv
 
 
+def moved_units(perms: Mapping[str, torch.Tensor]) -> int:
+    """How many units the permutations move (positions not mapped to themselves), over all groups."""
+    return sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms.values())
+
+
 def random_perms(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random permutation for every group (for tests and planted-permutation checks)."""
     g = torch.Generator().manual_seed(seed)
