@@ -13,6 +13,7 @@ from .errors import (ArchitectureMismatchError, CheckpointError, DataNotFoundErr
 from .version import __version__
 from .zoo import data, models
 from .zoo.checkpoint import load, read_metadata, save
+from .zoo.recipe import Recipe
 from .zoo.training import evaluate, train
 
 from .spec import rules
@@ -52,7 +53,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'modefuse' has no attribute {name!r}")
 
 __all__ = [
-    "__version__", "data", "models", "train", "evaluate", "save", "load", "read_metadata",
+    "__version__", "data", "models", "Recipe", "train", "evaluate", "save", "load", "read_metadata",
     "ModefuseError", "DataNotFoundError", "CheckpointError", "ArchitectureMismatchError", "SpecInferenceError",
     "InvalidArgumentError",
     "infer_spec", "register_rule", "rules", "PermutationSpec", "Layout", "permute",

@@ -71,13 +71,27 @@ def _train_args(p):
     p.add_argument("--arg", type=T.key_value, action="append", metavar="KEY=VALUE",
                    help="any other model argument (JSON value), e.g. num_layers=2")
     _add_data_args(p)
-    p.add_argument("--epochs", type=T.nonneg_int, default=5)
-    p.add_argument("--lr", type=T.positive_float, default=None, help="default: 1e-3 for adam, 0.05 for sgd")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    p.add_argument("--batch-size", type=T.positive_int, default=128)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    p.add_argument("--seed", type=T.seed, default=0)
+    _add_recipe_args(p)
     p.add_argument("--out", type=T.output_file, required=True, help="checkpoint to write (.safetensors)")
+
+
+def _add_recipe_args(p, epochs_help: str = "epochs of training") -> None:
+    """The training recipe's options (`mf.Recipe`), the same for every command that trains."""
+    from .zoo.recipe import OPTIMIZERS, SCHEDULES
+    p.add_argument("--epochs", type=T.nonneg_int, default=5, help=epochs_help)
+    p.add_argument("--lr", type=T.positive_float, default=None, help="default: 1e-3 for adam, 0.05 for sgd")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--batch-size", type=T.positive_int, default=128)
+    p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    p.add_argument("--seed", type=T.seed, default=0)
+
+
+def _recipe(args):
+    """The `mf.Recipe` of the recipe options."""
+    import modefuse as mf
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
+    return mf.Recipe(epochs=args.epochs, lr=lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                     schedule=args.schedule, seed=args.seed)
 
 
 @command("train", "train a zoo model; resumes after an interruption when rerun with the same --out",
@@ -88,15 +102,12 @@ def cmd_train(args) -> int:
     train_ds = mf.data.load(args.dataset, "train", args.data_dir)
     test_ds = mf.data.load(args.dataset, "test", args.data_dir)
     model = mf.models.build_for(args.model, train_ds, seed=args.seed, **kwargs)
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
+    recipe = _recipe(args)
     out = Path(args.out)
-    history = mf.train(model, train_ds, epochs=args.epochs, lr=lr, seed=args.seed, optimizer=args.optimizer,
-                       batch_size=args.batch_size, schedule=args.schedule,
-                       resume=out.with_name(out.name + ".train-state"))
+    history = mf.train(model, train_ds, recipe, resume=out.with_name(out.name + ".train-state"))
     metrics = mf.evaluate(model, test_ds)
     mf.save(model, out, dataset=args.dataset, seed=args.seed, metrics=metrics, history=history,
-            training={"epochs": args.epochs, "lr": lr, "optimizer": args.optimizer,
-                      "batch_size": args.batch_size, "schedule": args.schedule})
+            training=recipe.to_dict())
     _report(args, {"checkpoint": str(out), **metrics})
     return 0
 
@@ -408,11 +419,9 @@ def _curve_args(p):
     p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
     p.add_argument("--align", choices=["activation", "weight", "pam"],
                    help="permute B toward A first (pam: then alternate curve and permutation)")
-    p.add_argument("--epochs", type=T.nonneg_int, default=5, help="epochs of training (pam: rounds, at least 2)")
-    p.add_argument("--lr", type=T.positive_float, default=1e-3)
+    _add_recipe_args(p, epochs_help="epochs of training (pam: rounds, at least 2, of one epoch each)")
     p.add_argument("--robust", action="store_true", help="train on PGD examples (eps 8/255, 5 steps of 2/255)")
     p.add_argument("--points", type=T.int_at_least(2), default=65, help="points at which the curve is evaluated")
-    p.add_argument("--seed", type=T.seed, default=0)
     p.add_argument("--out", type=T.output_file, required=True, help="curve checkpoint (.safetensors)")
     p.add_argument("--plot", type=T.png_file, help="PNG: accuracy along the curve and the linear path")
     _add_data_args(p, dataset_default=None)
@@ -427,10 +436,11 @@ def cmd_curve(args) -> int:
     train, test = _load_data(args, "train", a), _load_data(args, "test", a)
     attack = mf.PGD() if args.robust else None
     if args.align == "pam":
-        curve = mf.pam(a, b, train, rounds=max(args.epochs, 2), kind=args.kind, seed=args.seed, lr=args.lr)
+        curve = mf.pam(a, b, train, rounds=max(args.epochs, 2), kind=args.kind,
+                       recipe=_recipe(args).replace(epochs=1))
     else:
-        curve = mf.fit_curve(a, b, train, kind=args.kind, align=args.align, adversarial=attack, epochs=args.epochs,
-                             lr=args.lr, seed=args.seed)
+        curve = mf.fit_curve(a, b, train, kind=args.kind, align=args.align, adversarial=attack,
+                             recipe=_recipe(args))
     curve.save(args.out, dataset=a.checkpoint_metadata.get("dataset"), align=args.align)
     ev = curve.evaluate(test, n=args.points, bn_data=train, attack=attack, limit=2000 if attack else None,
                         progress=True)

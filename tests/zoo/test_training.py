@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import modefuse as mf
-from modefuse.zoo.training import lr_at
+from modefuse.zoo.recipe import lr_at
 
 
 def _small(fmnist_train, n=1024):

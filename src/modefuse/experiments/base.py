@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..registry import Registry
 from ..zoo import data as mfdata
+from ..zoo.recipe import Recipe
 from ..zoo.train_or_load import trained
 
 PRESETS = ("tiny", "quick", "full")
@@ -58,15 +59,20 @@ class Run:
         n = self.settings.get(f"n_{split}")
         return ds.subset(range(min(n, len(ds)))) if n else ds
 
-    def model(self, tag: str, arch: str, train_data, seed: int, epochs: int, **kwargs):
-        """Zoo model `arch` trained by this recipe: read from <out>/models/<tag>.safetensors when finished."""
-        model_kwargs = kwargs.pop("model_kwargs", {})
-        kwargs.setdefault("lr", self.settings.get("lr", 1e-3))
+    def recipe(self, seed: int = 0, **fields) -> Recipe:
+        """This run's training recipe: the preset's lr (and optimizer), with `fields` replaced."""
+        return Recipe(lr=self.settings.get("lr", 1e-3), optimizer=self.settings.get("optimizer", "adam"),
+                      seed=seed).replace(**fields)
+
+    def model(self, tag: str, arch: str, train_data, seed: int, epochs: int, model_kwargs: dict | None = None,
+              perturb=None):
+        """Zoo model `arch` trained by this run's recipe: read from <out>/models/<tag>.safetensors when finished."""
+        model_kwargs = model_kwargs or {}
+        recipe = self.recipe(seed, epochs=epochs)
         self.models[tag] = {"arch": arch, "model_kwargs": model_kwargs, "seed": seed, "epochs": epochs,
-                            "lr": kwargs["lr"], "n_train": len(train_data),
-                            "adversarial": kwargs.get("perturb") is not None}
-        return trained(self.out / "models" / f"{tag}.safetensors", arch, train_data, seed=seed, epochs=epochs,
-                       progress=self.progress, model_kwargs=model_kwargs, **kwargs)
+                            "lr": recipe.lr, "n_train": len(train_data), "adversarial": perturb is not None}
+        return trained(self.out / "models" / f"{tag}.safetensors", arch, train_data, recipe,
+                       progress=self.progress, model_kwargs=model_kwargs, perturb=perturb)
 
     def table(self, title: str, header: list[str], rows: list[list]) -> None:
         self.sections.append((title, header, rows))

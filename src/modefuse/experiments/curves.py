@@ -5,6 +5,7 @@ from ..landscape.attack import PGD
 from ..landscape.curves import fit_curve, pam
 from ..landscape.interpolate import interpolate
 from ..landscape.plots import plot_curve
+from ..zoo.recipe import Recipe
 from .base import Run, experiment
 
 
@@ -26,10 +27,10 @@ def curves(ctx: Run) -> None:
     evals = {"linear path": interpolate(a, b, test, steps=n, progress=False)}
     for label, align in (("unaligned curve", None), ("aligned curve", "activation")):
         ctx.log(f"training the {label}")
-        evals[label] = fit_curve(a, b, train_data, align=align, epochs=s["curve_epochs"],
+        evals[label] = fit_curve(a, b, train_data, align=align, recipe=Recipe(epochs=s["curve_epochs"]),
                                  progress=ctx.progress).evaluate(test, n=n)
     ctx.log("PAM")
-    pam_curve = pam(a, b, train_data, rounds=s["curve_epochs"], progress=ctx.progress)
+    pam_curve = pam(a, b, train_data, rounds=s["curve_epochs"], recipe=Recipe(epochs=1), progress=ctx.progress)
     evals["PAM curve"] = pam_curve.evaluate(test, n=n)
     line = evals["linear path"].accuracy
     rows = [["endpoint A", line[0], line[0]], ["endpoint B", line[-1], line[-1]]]
@@ -49,7 +50,7 @@ def curves(ctx: Run) -> None:
                                          progress=False)}
     for label, align in (("unaligned robust curve", None), ("aligned robust curve", "activation")):
         ctx.log(f"training the {label}")
-        c = fit_curve(ra, rb, robust_data, align=align, adversarial=attack, epochs=s["curve_epochs"],
+        c = fit_curve(ra, rb, robust_data, align=align, adversarial=attack, recipe=Recipe(epochs=s["curve_epochs"]),
                       progress=ctx.progress)
         robust[label] = c.evaluate(test, n=m, attack=attack, limit=s["robust_limit"])
     line = robust["linear path"]

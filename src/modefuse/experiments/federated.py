@@ -68,7 +68,7 @@ def fed_fusion(ctx: Run) -> None:
     # over rounds: a common initialization, one local epoch per round
     curves, rows = {}, []
     central = build_for("mlp", test, seed=0, widths=s["widths"])
-    train(central, ctx.data("train"), epochs=s["rounds"], seed=0, progress=False)
+    train(central, ctx.data("train"), ctx.recipe(epochs=s["rounds"]), progress=False)
     target = 0.85 * evaluate(central, test)["accuracy"]
     for m in METHODS:
         h = simulate(_settings(ctx, split="dirichlet"), method=m, rounds=s["rounds"], num_clients=s["clients"])

@@ -11,6 +11,7 @@ from ..landscape.plane import plane
 from ..landscape.plots import plot_couplings
 from ..merge.repair import repair
 from ..zoo.training import evaluate, train
+from ..zoo.recipe import Recipe
 from .base import Run, experiment
 
 
@@ -21,7 +22,7 @@ def _acc(model, data) -> float:
 
 def _finetuned(model, train_data, s: dict, seed: int = 0) -> float:
     m = copy.deepcopy(model)
-    train(m, train_data, epochs=s["finetune_epochs"], lr=1e-4, seed=seed, progress=False)
+    train(m, train_data, Recipe(epochs=s["finetune_epochs"], lr=1e-4, seed=seed), progress=False)
     return m
 
 

@@ -38,6 +38,7 @@ from ..errors import ModefuseError
 from ..merge.fuse import fuse
 from ..merge.repair import repair
 from ..storage.statedict import check_finite, check_same_architecture
+from ..zoo.recipe import Recipe
 from ..zoo.training import evaluate, train
 
 METHODS = ("average", "otfusion", "wasserstein")
@@ -196,6 +197,11 @@ class Settings:
                 setattr(s, f, value)
         return s
 
+    def local_recipe(self, server_round: int, client: int) -> Recipe:
+        """The recipe a client trains by in a round (its own seed per round and client)."""
+        return Recipe(epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size,
+                      seed=self.seed + 1000 * server_round + client)
+
     def kwargs_for(self, client: int) -> dict:
         extra = self.client_kwargs[client % len(self.client_kwargs)] if self.client_kwargs else {}
         return {**self.model_kwargs, **extra}
@@ -232,8 +238,7 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         if not (s.independent_init and server_round == 1):
             model.load_state_dict(_to_width(incoming, model, s, shard))
         t0 = time.perf_counter()
-        hist = train(model, shard, epochs=s.local_epochs, lr=s.lr, batch_size=s.batch_size,
-                     seed=s.seed + 1000 * server_round + pid, progress=False)
+        hist = train(model, shard, s.local_recipe(server_round, pid), progress=False)
         seconds = time.perf_counter() - t0
         loss = float(hist[-1]["train_loss"]) if hist else float("nan")
         content = RecordDict({"arrays": ArrayRecord(model.state_dict()),

@@ -19,13 +19,13 @@ from ..match.weight_matching import weight_matching
 from .attack import PGD, robust_accuracy
 from ..zoo.batching import batches
 from ..merge.bn import has_batchnorm, reset_bn
-from ..checks import int_at_least, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
-    positive_int, probability
+from ..checks import int_at_least, nonneg_float, optional_positive_int, positive_int, probability
 from ..errors import CheckpointError, ModefuseError
 from .interpolate import Blender, PathMetrics
 from ..progress import bar
 from ..storage.statedict import check_finite, check_same_architecture
 from ..zoo.checkpoint import read_tensors, state_tensors, write_tensors
+from ..zoo.recipe import Recipe, recipe_of
 from ..zoo.training import train
 from ..spec.transport import permute
 
@@ -108,33 +108,44 @@ def load_curve(path: str | os.PathLike) -> Curve:
 
 
 def fit_curve(a: nn.Module, b: nn.Module, data, kind: str = "bezier", align: str | None = None,
-              adversarial: PGD | None = None, epochs: int = 5, lr: float = 1e-3, optimizer: str = "adam",
-              batch_size: int = 128, seed: int = 0, progress: bool = True, limit: int | None = None,
-              middle: nn.Module | None = None) -> Curve:
+              adversarial: PGD | None = None, recipe: Recipe | None = None, *, progress: bool = True,
+              limit: int | None = None, middle: nn.Module | None = None, **fields) -> Curve:
     """Train the middle point of a `kind` curve from a to b on `data`, t drawn uniformly per batch.
 
-    align: None, "activation" or "weight": first permute b toward a (the aligned curves).
-    adversarial: a PGD attack: train on adversarial examples of the point at t (robust curves).
-    middle: start from this middle point instead of the midpoint of the line.
+    Parameters
+    ----------
+    a, b : nn.Module
+        The endpoints (same architecture), kept fixed.
+    data : Dataset
+        Training data for the middle point.
+    kind : {"bezier", "polychain"}
+        Quadratic Bezier curve, or two segments through the middle point (Garipov et al. 2018).
+    align : {None, "activation", "weight"}
+        First permute b toward a (the aligned curves of Tatro et al. 2020).
+    adversarial : PGD, optional
+        Train on adversarial examples of the point at t (robust curves).
+    recipe : Recipe, optional
+        How the middle point is trained (default `Recipe()`); `epochs=`, `lr=` and the recipe's other
+        fields given by name replace the recipe's.
+    middle : nn.Module, optional
+        Start from this middle point instead of the midpoint of the line.
+
+    Returns
+    -------
+    Curve
+        The endpoints, the trained middle point and its training history.
     """
     coefficients(kind, 0.5)  # validates kind
-    _check_training(epochs, lr, optimizer, batch_size, limit)
+    r = recipe_of(recipe, **fields)
+    optional_positive_int(limit, "limit")
     check_same_architecture(a.state_dict(), b.state_dict(), "endpoint a", "endpoint b")
     if align is not None:
-        b = align_models(a, b, method=align, data=data, seed=seed).model
+        b = align_models(a, b, method=align, data=data, seed=r.seed).model
     if middle is None:
         middle = copy.deepcopy(Blender(a, b).set([0.5, 0.5]))
     curve = Curve(copy.deepcopy(a), copy.deepcopy(b), copy.deepcopy(middle), kind)
-    _train_middle(curve, data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit)
+    _train_middle(curve, data, r, adversarial, progress, limit)
     return curve
-
-
-def _check_training(epochs, lr, optimizer, batch_size, limit) -> None:
-    nonneg_int(epochs, "epochs")
-    positive_float(lr, "lr")
-    positive_int(batch_size, "batch_size")
-    optional_positive_int(limit, "limit")
-    one_of(optimizer, ("adam", "sgd"), "optimizer")
 
 
 class CurveModule(nn.Module):
@@ -176,17 +187,18 @@ class CurveModule(nn.Module):
         return functional_call(work, self.params_at(t), (x,))
 
 
-def _train_middle(curve: "Curve", data, epochs, lr, optimizer, batch_size, seed, adversarial, progress, limit):
+def _train_middle(curve: "Curve", data, recipe: Recipe, adversarial: PGD | None, progress: bool,
+                  limit: int | None) -> None:
     """Train the curve's middle point with `mf.train` (its loop, schedule, divergence check and progress)."""
-    module = CurveModule(curve, seed)
+    module = CurveModule(curve, recipe.seed)
 
     def at_this_batch_point(m: CurveModule, x, y):  # adversarial examples of the point the batch trains
         x = adversarial(m.point(m.draw()), x, y)
         m.train()
         return x
 
-    history = train(module, data, epochs=epochs, lr=lr, seed=seed, optimizer=optimizer, batch_size=batch_size,
-                    progress=progress, limit=limit, perturb=at_this_batch_point if adversarial is not None else None)
+    history = train(module, data, recipe, progress=progress, limit=limit,
+                    perturb=at_this_batch_point if adversarial is not None else None)
     start = len(curve.history)
     curve.history.extend({**row, "epoch": start + row["epoch"]} for row in history)
     if has_batchnorm(curve.middle):  # a sensible middle point for its own statistics
@@ -196,9 +208,9 @@ def _train_middle(curve: "Curve", data, epochs, lr, optimizer, batch_size, seed,
                                              .state_dict().items() if "running" in k}})
 
 
-def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int = 1, kind: str = "bezier",
-        align: str = "activation", proximal: float = 1.0, seed: int = 0, progress: bool = True,
-        limit: int | None = None, **train_kwargs) -> Curve:
+def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int | None = None,
+        kind: str = "bezier", align: str = "activation", proximal: float = 1.0, recipe: Recipe | None = None, *,
+        progress: bool = True, limit: int | None = None, **fields) -> Curve:
     """Proximal alternating minimization (Tatro et al. 2020) between the middle point and the permutation.
 
     Starts from the aligned permutation; each round after the first re-solves the permutation of b
@@ -207,31 +219,40 @@ def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int
     the curve heads for (2 c - a, where a Bezier through a and c ends when b is in place), plus a
     proximal term (weight `proximal`) toward the current permuted b. `.pam_history` reports per round
     the matching objective and how many units moved.
+
+    Parameters
+    ----------
+    rounds : int
+        Alternations of the two steps.
+    epochs_per_round : int, optional
+        Epochs of the middle point's training per round (replaces the recipe's epochs).
+    recipe : Recipe, optional
+        How the middle point is trained in each round (default: `Recipe(epochs=1)`); round r trains with
+        seed `recipe.seed + r`. The recipe's fields given by name replace its own.
     """
     coefficients(kind, 0.5)  # validates kind
     rounds = positive_int(rounds, "rounds")
-    epochs_per_round = positive_int(epochs_per_round, "epochs_per_round")
     proximal = nonneg_float(proximal, "proximal")
-    _check_training(0, train_kwargs.get("lr", 1e-3), train_kwargs.get("optimizer", "adam"),
-                    train_kwargs.get("batch_size", 128), limit)
+    optional_positive_int(limit, "limit")
+    r = recipe_of(recipe or Recipe(epochs=1), epochs=epochs_per_round, **fields)
+    positive_int(r.epochs, "epochs_per_round")
+    seed = r.seed
     res = align_models(a, b, method=align, data=data, seed=seed)
     spec, perms = res.spec, res.perms
     sb = b.state_dict()
     curve = Curve(copy.deepcopy(a), res.model, copy.deepcopy(Blender(a, res.model).set([0.5, 0.5])), kind)
-    for r in range(rounds):
-        if r > 0:  # the permutation step, with the middle point fixed
+    for rnd in range(rounds):
+        if rnd > 0:  # the permutation step, with the middle point fixed
             sa, sc, sbp = curve.a.state_dict(), curve.middle.state_dict(), curve.b.state_dict()
             target = {k: (2 * sc[k].float() - sa[k].float() + proximal * sbp[k].float()) if sc[k].is_floating_point()
                       else sc[k] for k in sc}
-            new, hist = weight_matching(spec, target, sb, seed=seed + r, init=perms)
+            new, hist = weight_matching(spec, target, sb, seed=seed + rnd, init=perms)
             moved = sum(int((new[g] != perms[g]).sum()) for g in perms)
             perms = new
             curve.b.load_state_dict(permute(sb, spec, perms))
         else:
             hist, moved = [], 0
-        _train_middle(curve, data, epochs_per_round, train_kwargs.get("lr", 1e-3),
-                      train_kwargs.get("optimizer", "adam"), train_kwargs.get("batch_size", 128), seed + r, None,
-                      progress, limit)
-        curve.pam_history.append({"round": r + 1, "objective": hist[-1] if hist else None, "units_moved": moved,
+        _train_middle(curve, data, r.replace(seed=seed + rnd), None, progress, limit)
+        curve.pam_history.append({"round": rnd + 1, "objective": hist[-1] if hist else None, "units_moved": moved,
                                   "train_loss": curve.history[-1]["train_loss"]})
     return curve

@@ -15,6 +15,7 @@ from torch import nn
 from . import checkpoint
 from . import models
 from ..errors import ModefuseError
+from .recipe import Recipe, recipe_of
 from .training import evaluate, train
 
 
@@ -27,25 +28,28 @@ def _describe(v):
     return getattr(v, "__qualname__", type(v).__name__)
 
 
-def trained(path: str | os.PathLike, model: str, train_data, *, seed: int, epochs: int, lr: float = 1e-3,
-            optimizer: str = "adam", test_data=None, progress: bool = True, model_kwargs: dict | None = None,
-            **train_kwargs: Any) -> nn.Module:
-    """The zoo model `model` trained by this recipe, loaded from `path` if it was trained before."""
-    recipe = {"model": model, "model_kwargs": model_kwargs or {}, "seed": seed, "epochs": epochs, "lr": lr,
-              "optimizer": optimizer, "dataset": getattr(train_data, "name", ""), "n_train": len(train_data),
-              **{k: _describe(v) for k, v in train_kwargs.items()}}
+def trained(path: str | os.PathLike, model: str, train_data, recipe: Recipe | None = None, *, test_data=None,
+            progress: bool = True, model_kwargs: dict | None = None, perturb=None, **fields: Any) -> nn.Module:
+    """The zoo model `model` trained by `recipe` (fields given by name replace the recipe's), loaded from
+    `path` if it was trained by the same recipe before; a file trained otherwise is refused, never overwritten."""
+    r = recipe_of(recipe, **fields)
+    described = {"model": model, "model_kwargs": model_kwargs or {}, "seed": r.seed, "epochs": r.epochs,
+                 "lr": r.lr, "optimizer": r.optimizer, "dataset": getattr(train_data, "name", ""),
+                 "n_train": len(train_data), **r.changes()}
+    if perturb is not None:
+        described["perturb"] = _describe(perturb)
     path = Path(path)
     if path.is_file():
         found = checkpoint.read_metadata(path).get("recipe")
-        if found != recipe:
-            raise ModefuseError(f"{path} holds a model trained by another recipe ({found} instead of {recipe}); "
+        if found != described:
+            raise ModefuseError(f"{path} holds a model trained by another recipe ({found} instead of {described}); "
                                 f"remove it or choose another output directory")
         return checkpoint.load(path)
-    net = models.build_for(model, train_data, seed=seed, **(model_kwargs or {}))
-    history = train(net, train_data, epochs=epochs, lr=lr, seed=seed, optimizer=optimizer, progress=progress,
-                    resume=path.with_name(path.name + ".train-state"), **train_kwargs)
+    net = models.build_for(model, train_data, seed=r.seed, **(model_kwargs or {}))
+    history = train(net, train_data, r, progress=progress, perturb=perturb,
+                    resume=path.with_name(path.name + ".train-state"))
     metrics = evaluate(net, test_data) if test_data is not None else {}
-    checkpoint.save(net, path, recipe=recipe, dataset=recipe["dataset"], seed=seed, metrics=metrics,
+    checkpoint.save(net, path, recipe=described, dataset=described["dataset"], seed=r.seed, metrics=metrics,
                     history=history)
     net.checkpoint_metadata = checkpoint.read_metadata(path)
     return net

@@ -13,10 +13,10 @@ from torch import nn
 from torch.func import functional_call
 from . import checkpoint
 from .batching import batches
-from ..checks import fraction_below_one, nonneg_float, nonneg_int, one_of, optional_positive_int, positive_float, \
-    positive_int
+from ..checks import optional_positive_int, positive_int
 from ..errors import ModefuseError
 from .models import check_input
+from .recipe import Recipe, recipe_of
 from ..progress import bar, write
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,30 +27,10 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def lr_at(schedule: str, lr: float, step: int, total: int) -> float:
-    """Learning rate at `step` of `total`: "cosine" to zero, "step" (x0.1 at 50% and 75%) or "constant"."""
-    frac = step / max(total, 1)
-    if schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * frac))
-    if schedule == "step":
-        return lr * (0.1 ** ((frac >= 0.5) + (frac >= 0.75)))
-    if schedule == "constant":
-        return lr
-    raise ModefuseError(f"unknown schedule {schedule!r}; use 'cosine', 'step' or 'constant'")
-
-
-def make_optimizer(name: str, params, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ModefuseError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
-
-
-def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: int = 0,
-          optimizer: str = "adam", batch_size: int = 128, schedule: str = "cosine", momentum: float = 0.9,
-          weight_decay: float = 0.0, eval_data=None, resume: str | os.PathLike | None = None,
+def train(model: nn.Module, dataset, recipe: Recipe | None = None, *, epochs: int | None = None,
+          lr: float | None = None, seed: int | None = None, optimizer: str | None = None,
+          batch_size: int | None = None, schedule: str | None = None, momentum: float | None = None,
+          weight_decay: float | None = None, eval_data=None, resume: str | os.PathLike | None = None,
           progress: bool = True, loss_fn: LossFn | None = None,
           perturb: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           limit: int | None = None) -> list[dict[str, Any]]:
@@ -67,8 +47,11 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
         Trained in place.
     dataset : Dataset or batches
         (inputs, targets) pairs.
+    recipe : Recipe, optional
+        Epochs, learning rate and schedule, optimizer, batch size, seed (default: `Recipe()`: 5 epochs
+        of Adam at 1e-3, cosine schedule, batches of 128, seed 0).
     epochs, lr, seed, optimizer, batch_size, schedule, momentum, weight_decay
-        The recipe: "adam" or "sgd"; schedule "cosine", "step" or "constant" (per step).
+        Replace the recipe's field of that name.
     eval_data : optional
         Adds test metrics to each epoch's row.
     resume : path, optional
@@ -87,17 +70,12 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
     list of dict
         Per epoch: train loss and accuracy, seconds, examples per second (and test metrics).
     """
-    epochs = nonneg_int(epochs, "epochs")
-    lr = positive_float(lr, "lr")
-    batch_size = positive_int(batch_size, "batch_size")
-    one_of(optimizer, ("adam", "sgd"), "optimizer")
-    one_of(schedule, ("cosine", "step", "constant"), "schedule")
-    momentum = fraction_below_one(momentum, "momentum")
-    weight_decay = nonneg_float(weight_decay, "weight_decay")
+    r = recipe_of(recipe, epochs=epochs, lr=lr, seed=seed, optimizer=optimizer, batch_size=batch_size,
+                  schedule=schedule, momentum=momentum, weight_decay=weight_decay)
     limit = optional_positive_int(limit, "limit")
     loss_fn = loss_fn or F.cross_entropy
     device = _device_of(model)
-    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    opt = r.make_optimizer(model.parameters())
     history: list[dict[str, Any]] = []
     start = 0
     if resume is not None and Path(resume).is_file():
@@ -105,21 +83,21 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
         history, start = info.get("history", []), int(info.get("epoch", 0))
         if progress:
             write(f"resuming from {resume} after epoch {start}")
-    n_examples = _num_examples(dataset, batch_size)
-    steps_per_epoch = math.ceil((n_examples if limit is None else min(limit, n_examples)) / batch_size)
-    total = steps_per_epoch * epochs
-    for epoch in range(start, epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # dropout and other in-model randomness
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    n_examples = _num_examples(dataset, r.batch_size)
+    steps_per_epoch = math.ceil((n_examples if limit is None else min(limit, n_examples)) / r.batch_size)
+    total = steps_per_epoch * r.epochs
+    for epoch in range(start, r.epochs):
+        torch.manual_seed(r.seed * 100_003 + epoch)  # dropout and other in-model randomness
+        gen = torch.Generator().manual_seed(r.seed * 100_003 + epoch)
         model.train()
         t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
-        pbar = bar(batches(dataset, batch_size, shuffle=True, generator=gen, device=device, limit=limit),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress, unit="batch")
+        pbar = bar(batches(dataset, r.batch_size, shuffle=True, generator=gen, device=device, limit=limit),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{r.epochs}", enabled=progress, unit="batch")
         for i, (x, y) in enumerate(pbar):
             if i == 0:
                 check_input(model, x)
             for g in opt.param_groups:
-                g["lr"] = lr_at(schedule, lr, epoch * steps_per_epoch + i, total)
+                g["lr"] = r.lr_at(epoch * steps_per_epoch + i, total)
             if perturb is not None:
                 x = perturb(model, x, y)
                 model.train()
@@ -127,7 +105,7 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
             loss = loss_fn(out, y)
             if not torch.isfinite(loss):
                 raise ModefuseError(f"training diverged at epoch {epoch + 1}, batch {i + 1} (loss {loss.item()}); "
-                                    f"lower the learning rate (now {lr})")
+                                    f"lower the learning rate (now {r.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -145,7 +123,7 @@ def train(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-3, seed: in
             write("epoch {epoch}: ".format(**row) + ", ".join(
                 f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "examples_per_s")))
         if resume is not None:
-            checkpoint.save_state(resume, model, opt, epoch=epoch + 1, history=history, seed=seed)
+            checkpoint.save_state(resume, model, opt, epoch=epoch + 1, history=history, seed=r.seed)
     if resume is not None and Path(resume).is_file():
         Path(resume).unlink()
     return history
