@@ -81,3 +81,20 @@ def test_interpolate_on_gpu():
     path = mf.interpolate(a, b, data, steps=3, progress=False)
     cpu = mf.interpolate(a.cpu(), b.cpu(), data, steps=3, progress=False)
     assert abs(path.loss_barrier - cpu.loss_barrier) < 1e-4
+
+
+def test_repair_and_fusion_into_other_widths_with_data_on_the_cpu():
+    """Models on the GPU, a dataset on the CPU (the zoo's, a TensorDataset): tracing, activations and
+    REPAIR find the models' device; a fusion into other widths is built there."""
+    ms = [m.to(CUDA) for m in pair("mlp", widths=[64, 32])]
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,),
+                                                                                                   generator=g))
+    fus = mf.fuse(ms, method="wasserstein", widths=[96, 48], cost="activation", data=data)
+    assert next(fus.model.parameters()).device.type == "cuda"
+    repaired = mf.repair(fus.model, ms, data, couplings=fus.couplings)
+    cpu = mf.fuse([copy.deepcopy(m).cpu() for m in ms], method="wasserstein", widths=[96, 48], cost="activation",
+                  data=data)
+    x = torch.rand(32, 1, 28, 28, generator=g)
+    assert torch.allclose(fus.model(x.to(CUDA)).cpu(), cpu.model(x), atol=1e-3)
+    assert torch.isfinite(repaired(x.to(CUDA))).all()

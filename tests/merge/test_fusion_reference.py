@@ -7,6 +7,7 @@ import torch
 import modefuse as mf
 import reference_fusion as ref
 from modefuse.merge.couplings import CouplingRule, Fuser, sqdist
+from modefuse.merge.methods import FUSERS
 
 
 def as_layers(model):
@@ -28,16 +29,24 @@ def assert_same_couplings(ours, theirs, rows=0.99):
             assert same_rows >= rows, (g, i, same_rows)
 
 
+# The reference of each registered fusion method that aligns (a new method comes with its own). GWB's
+# quadratic term couples a layer's hidden-to-hidden matrix only: on an MLP it is the Wasserstein barycenter.
+REFERENCES = {"otfusion": lambda layers: ref.otfusion(layers),
+              "wasserstein": lambda layers: ref.wasserstein_barycenter(layers, [400, 200, 100]),
+              "gromov": lambda layers: ref.wasserstein_barycenter(layers, [400, 200, 100])}
+
+
+def test_every_registered_method_has_a_reference():
+    assert {m for m, f in FUSERS.items() if f.aligns} == set(REFERENCES)
+
+
 @pytest.mark.parametrize("k", [2, 4])
-@pytest.mark.parametrize("method", ["otfusion", "wasserstein"])
+@pytest.mark.parametrize("method", sorted(REFERENCES))
 def test_fusion_of_trained_mlps_matches_the_reference(mlp400_six, test_arrays, k, method):
     models = mlp400_six[:k]
     x, y = test_arrays
     fus = mf.fuse(models, method=method, cost="weight", outgoing=False)
-    if method == "otfusion":
-        layers, plans = ref.otfusion([as_layers(m) for m in models])
-    else:
-        layers, plans = ref.wasserstein_barycenter([as_layers(m) for m in models], [400, 200, 100])
+    layers, plans = REFERENCES[method]([as_layers(m) for m in models])
     assert_same_couplings(fus.couplings, plans)
     ours, theirs = ref.accuracy(as_layers(fus.model), x, y), ref.accuracy(layers, x, y)
     print(method, k, "modefuse", ours, "reference", theirs)

@@ -10,7 +10,7 @@ from torch import nn
 
 import modefuse as mf
 from modefuse.spec import cache as speccache
-from modefuse.spec.infer import Trace
+from modefuse.spec.trace import Trace, trace_of
 
 infer = sys.modules["modefuse.spec.infer"]
 
@@ -61,10 +61,10 @@ def test_a_cached_spec_exports_when_the_graph_is_needed(cache, fmnist_train):
     mf.infer_spec(a, x)
     infer._CACHE.clear()
     spec = mf.infer_spec(a, x)
-    assert not infer.trace_of(spec).programs  # from the disk: nothing exported yet
+    assert not trace_of(spec).programs  # from the disk: nothing exported yet
     data = [(xs, ys)]
     res = mf.align(a, b, method="activation", data=data, spec=spec)  # taps the graph: exports now
-    assert infer.trace_of(spec).programs
+    assert trace_of(spec).programs
     with torch.no_grad():
         assert torch.allclose(res.model(data[0][0]), b(data[0][0]), atol=1e-5)
     infer._CACHE.clear()

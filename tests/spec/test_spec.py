@@ -191,6 +191,6 @@ def test_from_axes_builds_the_inferred_spec_and_align_leaves_a_given_spec_as_it_
     res = mf.align(model, other, spec=written)
     assert written.to_json() == before and written.sizes == {}  # not filled in, no trace written onto it
     assert res.spec.sizes == inferred.sizes
-    from modefuse.spec.infer import trace_of
+    from modefuse.spec.trace import trace_of
     assert trace_of(inferred) is not None and trace_of(written) is None  # the graph is kept apart from the data
     assert inferred.axes_of is inferred.axes_of  # the inverse map is computed once

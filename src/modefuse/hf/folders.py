@@ -101,9 +101,36 @@ def align_folders(reference: str | os.PathLike, model: str | os.PathLike, out: s
                   spec: PermutationSpec | None = None) -> FolderAlignment:
     """Weight-match folder `model` to folder `reference` and write the aligned model to folder `out`.
 
-    Neither model is loaded whole: see the module's docstring. `out` appears complete or not at all
-    (written beside it under a temporary name, then renamed); an existing `out` is replaced. `spec`:
-    a hand-written (or edited) spec in the model's tensor names, for a class export cannot trace.
+    Weight matching (Ainsworth et al. 2022) as in `mf.align`, for checkpoints larger than memory:
+    neither model is loaded whole (the spec comes from the architecture built on the meta device, the
+    scores are accumulated a tensor at a time and the permuted checkpoint is written tensor by tensor,
+    shard by shard as in `model`). `out` loads with `from_pretrained` as the same class: `model`'s config,
+    tokenizer and other small files are copied beside the weights (weights in other formats never are).
+
+    Parameters
+    ----------
+    reference : str or PathLike
+        Folder of model A (`config.json` and `*.safetensors`), whose unit order is kept.
+    model : str or PathLike
+        Folder of model B, of the same architecture, whose units are permuted.
+    out : str or PathLike
+        The output folder. It appears complete or not at all (written beside it under a temporary
+        name, then renamed); an existing `out` is replaced.
+    seed : int
+        Order of the groups in weight matching's sweeps.
+    max_sweeps, tol : int, float
+        Weight matching stops after `max_sweeps` sweeps, or when one raises the objective by less than
+        `tol` times its value.
+    progress : bool
+        A progress bar per sweep.
+    spec : PermutationSpec, optional
+        A hand-written (or edited) spec in the model's tensor names, for a class export cannot trace.
+
+    Returns
+    -------
+    FolderAlignment
+        The output folder, the permutations, the spec (in the checkpoint's tensor names), the objective
+        after each sweep and the seconds taken.
     """
     from ..match.weight_matching import weight_matching
 
@@ -140,7 +167,28 @@ def load_folder(folder: str | os.PathLike) -> nn.Module:
 def fuse_folders(folders: list[str | os.PathLike], out: str | os.PathLike, method: str = "wasserstein",
                  **options):
     """Fuse the models of `folders` (in memory, `mf.fuse` with `options`) and write the result to folder
-    `out` (model 0's config and tokenizer files beside it; `out` appears complete or not at all)."""
+    `out` (model 0's config and tokenizer files beside it; `out` appears complete or not at all).
+
+    `mf.fuse` for Hugging Face folders: each model is loaded with `from_pretrained` (safetensors only)
+    and traced with a small input built from model 0's config; the fused model is written with
+    `save_pretrained`.
+
+    Parameters
+    ----------
+    folders : list of str or PathLike
+        The models' folders (`config.json` and `*.safetensors`).
+    out : str or PathLike
+        The output folder; an existing one is replaced.
+    method : str
+        The fusion method, as in `mf.fuse`.
+    **options
+        Further arguments of `mf.fuse` (weights, widths, cost, ...).
+
+    Returns
+    -------
+    Fusion
+        What `mf.fuse` returns.
+    """
     from ..merge.fuse import fuse
 
     models = [load_folder(f) for f in folders]
@@ -155,10 +203,38 @@ def fuse_folders(folders: list[str | os.PathLike], out: str | os.PathLike, metho
 def interpolate_folders(a: str | os.PathLike, b: str | os.PathLike, text: str | os.PathLike, steps: int = 25,
                         align: bool = False, block: int = 128, limit: int | None = None, seed: int = 0,
                         progress: bool = True) -> dict:
-    """Next-token loss and accuracy on `text` along the straight line from folder `a` to folder `b`
-    (causal language models): {"naive": PathMetrics} and, with `align`, {"aligned (weight)": PathMetrics}, B
-    first weight-matched to A. The text is tokenized with A's tokenizer and cut into blocks of `block`
-    tokens (`limit`: at most that many blocks). Both models are held in memory."""
+    """Next-token loss and accuracy on `text` along the straight line from folder `a` to folder `b`.
+
+    `mf.interpolate` for causal language models: {"naive": PathMetrics} and, with `align`,
+    {"aligned (weight)": PathMetrics}, B first weight-matched to A. The text is tokenized with A's
+    tokenizer and cut into blocks of `block` tokens (`limit`: at most that many blocks). Both models are
+    held in memory.
+
+    Parameters
+    ----------
+    a, b : str or PathLike
+        Folders of the two models (same architecture, causal language models).
+    text : str or PathLike
+        A UTF-8 text file; non-overlapping blocks of it are the examples (tokens, the tokens one step
+        later).
+    steps : int
+        Evenly spaced points on the line, ends included.
+    align : bool
+        Also evaluate the line to B weight-matched to A (`mf.align`, method "weight").
+    block : int
+        Tokens per block, shortened to the longest sequence the model's positions allow.
+    limit : int, optional
+        At most that many blocks.
+    seed : int
+        Order of the groups in weight matching's sweeps.
+    progress : bool
+        A progress bar over the points.
+
+    Returns
+    -------
+    dict of str to PathMetrics
+        "naive" and, with `align`, "aligned (weight)".
+    """
     from ..match.align import align as align_models
     from ..landscape.interpolate import interpolate
     from .textdata import NextToken, check_causal_lm, max_block, token_blocks

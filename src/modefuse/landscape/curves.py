@@ -43,7 +43,27 @@ def coefficients(kind: str, t: float) -> tuple[float, float, float]:
 
 @dataclass
 class Curve:
-    """Endpoints a and b (b possibly permuted toward a) and the middle point `middle` (a module)."""
+    """A curve between endpoints a and b (b possibly permuted toward a) through the middle point `middle`.
+
+    The result of `fit_curve` and `pam`. Its point at t is phi(t) = c_a(t) a + c_m(t) m + c_b(t) b
+    (Garipov et al. 2018): for "bezier", phi(t) = (1 - t)^2 a + 2 t (1 - t) m + t^2 b; for "polychain",
+    phi(t) = (1 - 2t) a + 2t m for t <= 1/2 and (2 - 2t) m + (2t - 1) b after. A trained curve can keep
+    the loss low all along where the straight line from a to b has a barrier.
+
+    Attributes
+    ----------
+    a, b : nn.Module
+        The fixed endpoints (b as aligned, when the curve was fitted with alignment or by `pam`).
+    middle : nn.Module
+        The trained middle point m, of the endpoints' architecture.
+    kind : {"bezier", "polychain"}
+        The curve's shape.
+    history : list of dict
+        Per epoch of the middle point's training: `mf.train`'s metrics (epochs numbered across calls).
+    pam_history : list of dict
+        Per PAM round: the round, the matching objective (None in round 1), the units moved and the
+        training loss.
+    """
 
     a: nn.Module
     b: nn.Module
@@ -53,7 +73,20 @@ class Curve:
     pam_history: list[dict] = field(default_factory=list)  # per PAM round: objective, units moved
 
     def point(self, t: float, bn_data=None) -> nn.Module:
-        """The model at t in [0, 1] (a copy; BatchNorm statistics recomputed on `bn_data` if given)."""
+        """The model at t in [0, 1] (a copy; BatchNorm statistics recomputed on `bn_data` if given).
+
+        Parameters
+        ----------
+        t : float
+            Position on the curve: 0 gives a copy of a, 1 a copy of b.
+        bn_data : batches, Dataset or tensor, optional
+            Inputs to recompute BatchNorm statistics on (else the mixed statistics are kept).
+
+        Returns
+        -------
+        nn.Module
+            A new model holding phi(t).
+        """
         t = probability(t, "t")
         if t == 0 or t == 1:
             m = copy.deepcopy(self.a if t == 0 else self.b)
@@ -66,7 +99,28 @@ class Curve:
     def evaluate(self, data, n: int = 65, bn_data=None, attack: PGD | None = None, limit: int | None = None,
                  progress: bool = False) -> PathMetrics:
         """Loss and accuracy at n evenly spaced t (BatchNorm statistics recomputed at each t on `bn_data`,
-        default `data`); with `attack`, robust accuracy too."""
+        default `data`); with `attack`, robust accuracy too.
+
+        Parameters
+        ----------
+        data : batches, Dataset or tensor
+            Labelled (inputs, targets) examples.
+        n : int
+            Number of positions, 0 and 1 included (at least 2).
+        bn_data : batches, Dataset or tensor, optional
+            Inputs for the BatchNorm statistics (default: `data`).
+        attack : PGD, optional
+            Adds robust accuracy at each t.
+        limit : int, optional
+            At most that many examples of `data`.
+        progress : bool
+            A progress bar over the positions.
+
+        Returns
+        -------
+        PathMetrics
+            Loss, accuracy (and robust accuracy) at each t, and the barriers read off them.
+        """
         n = int_at_least(n, 2, "n")
         limit = optional_positive_int(limit, "limit")
         blend = Blender(self.a, self.middle, self.b)
@@ -82,7 +136,22 @@ class Curve:
         return res
 
     def save(self, path: str | os.PathLike, **metadata) -> Path:
-        """Endpoints and middle point in one .safetensors file (atomic, through `checkpoint`)."""
+        """Endpoints and middle point in one .safetensors file (atomic, through `checkpoint`).
+
+        `mf.load_curve(path)` reads it back (for zoo architectures, which the file names).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The file to write; refused if any tensor is not finite.
+        **metadata
+            JSON metadata stored beside the curve's kind, architecture and histories.
+
+        Returns
+        -------
+        Path
+            `path`.
+        """
         tensors = {k: v for p, m in (("a", self.a), ("b", self.b), ("middle", self.middle))
                    for k, v in state_tensors(m, f"{p}.").items()}
         check_finite(tensors, f"refusing to save {path}")
@@ -129,6 +198,10 @@ def fit_curve(a: nn.Module, b: nn.Module, data, kind: str = "bezier", align: str
         fields given by name replace the recipe's.
     middle : nn.Module, optional
         Start from this middle point instead of the midpoint of the line.
+    progress : bool
+        Progress of the training, as `mf.train` shows it.
+    limit : int, optional
+        At most that many examples per epoch.
 
     Returns
     -------
@@ -222,6 +295,10 @@ def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int
 
     Parameters
     ----------
+    a, b : nn.Module
+        The endpoints (same architecture), kept fixed; b is permuted.
+    data : Dataset
+        Training data for the middle point (and for activation alignment).
     rounds : int
         Alternations of the two steps.
     epochs_per_round : int, optional
@@ -229,6 +306,22 @@ def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int
     recipe : Recipe, optional
         How the middle point is trained in each round (default: `Recipe(epochs=1)`); round r trains with
         seed `recipe.seed + r`. The recipe's fields given by name replace its own.
+    kind : {"bezier", "polychain"}
+        The curve's shape, as in `fit_curve`.
+    align : str
+        The `mf.align` method that gives the starting permutation ("activation", "weight", ...).
+    proximal : float
+        Weight of the proximal term toward the current permuted b (>= 0).
+    progress : bool
+        Progress of the training, as `mf.train` shows it.
+    limit : int, optional
+        At most that many examples per epoch.
+
+    Returns
+    -------
+    Curve
+        The endpoints (b under the last permutation), the trained middle point, its training history
+        and `pam_history`.
     """
     coefficients(kind, 0.5)  # validates kind
     rounds = positive_int(rounds, "rounds")

@@ -17,8 +17,25 @@ from ..zoo.training import evaluate
 
 @dataclass
 class PathMetrics:
-    """Loss and accuracy at positions t in [0, 1] along a path between two models, the straight line of
-    `interpolate` ((1 - t) a + t b) or a learned curve (`Curve.evaluate`), and what is read off them."""
+    """Loss and accuracy at positions t in [0, 1] along a path between two models, and what is read off them.
+
+    The path is the straight line of `interpolate` ((1 - t) a + t b) or a learned curve
+    (`Curve.evaluate`). Its barriers measure how far the path rises above the line between its
+    endpoints' values: near 0, the endpoints are (linearly) mode connected.
+
+    Attributes
+    ----------
+    ts : list of float
+        The positions t, from 0 to 1 (also `alphas`).
+    loss : list of float
+        Mean loss at each t.
+    accuracy : list of float
+        Accuracy at each t.
+    robust_accuracy : list of float or None
+        With an attack: accuracy on its adversarial examples at each t; else None.
+    mean_accuracy, min_accuracy, max_loss : float
+        Read-only, over the positions (with `loss_barrier` and `accuracy_barrier`, below).
+    """
 
     ts: list[float]
     loss: list[float]
@@ -99,9 +116,35 @@ def interpolate(a: nn.Module, b: nn.Module, data, steps: int = 25, reset_bn_stat
     al. 2022) is max_alpha L((1 - alpha) a + alpha b) - ((1 - alpha) L(a) + alpha L(b)): a and b are
     linearly mode connected when it is near 0 (after aligning b to a, for independently trained models).
 
-    With BatchNorm, statistics are recomputed at each point on `bn_data` (default: `data`),
-    since averaged statistics do not describe the averaged network. With `attack` (an `mf.PGD`),
-    robust accuracy on the first `attack_limit` examples too.
+    Parameters
+    ----------
+    a, b : nn.Module
+        The endpoints (same architecture); neither is changed. Every floating-point tensor of the
+        state_dict is interpolated, BatchNorm statistics included.
+    data : batches, Dataset or tensor
+        Labelled (inputs, targets) examples the loss and accuracy are measured on.
+    steps : int
+        Number of evenly spaced alphas, 0 and 1 included (at least 2).
+    reset_bn_stats : bool
+        With BatchNorm, statistics are recomputed at each point on `bn_data`, since averaged statistics
+        do not describe the averaged network.
+    bn_data : batches, Dataset or tensor, optional
+        Inputs for the BatchNorm statistics (default: `data`).
+    loss_fn : callable, optional
+        loss_fn(outputs, targets); default cross-entropy.
+    progress : bool
+        A progress bar over the points.
+    limit : int, optional
+        At most that many examples of `data`.
+    attack : PGD, optional
+        An `mf.PGD`: robust accuracy at each point too, on the first `attack_limit` examples.
+    attack_limit : int
+        Examples attacked at each point.
+
+    Returns
+    -------
+    PathMetrics
+        Loss, accuracy (and robust accuracy) at each alpha, and the barriers read off them.
     """
     from .attack import robust_accuracy
     steps = int_at_least(steps, 2, "steps")

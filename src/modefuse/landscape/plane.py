@@ -39,8 +39,41 @@ def plane(a: nn.Module, b: nn.Module, c: nn.Module, data, resolution: int = 21, 
           limit: int | None = None) -> Plane:
     """Evaluate the plane through a, b, c on a resolution x resolution grid (margins around the three).
 
+    The loss landscape around three models, as in the WB paper's Figure 1 (Akash et al. 2023): with c
+    the copy of b permuted toward a (the default labels), it shows whether a and the permuted b share a
+    low-loss basin that a and b do not.
     Basis: e1 along b - a, e2 along the part of c - a orthogonal to it (parameters only; with
-    BatchNorm, statistics are recomputed at every grid point on `bn_data`, default `data`).
+    BatchNorm, statistics are recomputed at every grid point on `bn_data`, default `data`). The point
+    (x, y) is a + x e1 + y e2, evaluated as the mix of a, b and c (coefficients summing to 1) that
+    equals it, every floating-point tensor mixed.
+
+    Parameters
+    ----------
+    a, b, c : nn.Module
+        The three models (same architecture); a is the origin. Two equal models, or c on the line
+        through a and b, make the plane degenerate: an error.
+    data : batches, Dataset or tensor
+        Labelled (inputs, targets) examples the loss (cross-entropy) and accuracy are measured on.
+    resolution : int
+        Grid points per side (at least 2).
+    margin : float
+        The grid extends beyond the anchors' bounding box, on every side, by this fraction of its larger
+        side.
+    bn_data : batches, Dataset or tensor, optional
+        Inputs for the BatchNorm statistics (default: `data`).
+    labels : tuple of 3 str
+        Names of a, b and c in the result and the plot.
+    progress : bool
+        A progress bar over the grid points.
+    limit : int, optional
+        At most that many examples of `data`.
+
+    Returns
+    -------
+    Plane
+        Grid coordinates `xs`, `ys`; `loss` and `accuracy` as [row = y][column = x]; the anchors'
+        coordinates in the plane's orthonormal basis, with their loss and accuracy; `Plane.plot` draws
+        it.
     """
     resolution = int_at_least(resolution, 2, "resolution")
     margin = nonneg_float(margin, "margin")
@@ -112,7 +145,7 @@ class _MixedOutputs(nn.Module):
 
 @torch.no_grad()
 def _cache_first_layer(blend: Blender, endpoints, cached, max_bytes: int = 512 * 2**20) -> _MixedOutputs | None:
-    from ..spec.infer import Trace
+    from ..spec.trace import Trace
     model = blend.module
     try:
         trace = Trace(model, (cached[0][0][:2],), {})

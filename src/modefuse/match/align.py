@@ -4,10 +4,10 @@ The methods (`methods.ALIGNERS`, one unit each) over one permutation spec:
 - "weight": weight matching (Ainsworth et al. 2022), coordinate descent over groups in random order,
   one linear assignment per step, until a sweep improves nothing;
 - "activation": activation matching / neuron alignment (Tatro et al. 2020): correlation of
-  standardized unit activations on data, one assignment per group;
-- "weight_cov": weight matching in which each layer's input axis is weighted by the second moment
-  E[x x^T] of that layer's inputs on data (Ferbach et al. 2024): directions the data never excites
-  cost nothing.
+  standardized unit activations on data where the next layer reads them, one assignment per group;
+- "weight_cov": covariance-weighted weight matching (Ferbach et al. 2024): layer by layer from the
+  inputs, incoming weights compared in the metric of the second moment E[x x^T] of the layer's inputs
+  on data: directions the data never excites cost nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +29,25 @@ from .probe import example_for
 
 @dataclass
 class Alignment:
-    """`model` is the input model permuted toward the reference (same function); `perms` what was applied."""
+    """The result of `align`: the model permuted toward the reference, and the permutations applied.
+
+    The permuted model computes the same function as the input model; only the order of its hidden units
+    changed, so interpolating it with the reference (`interpolate`) or fusing it is meaningful.
+
+    Attributes
+    ----------
+    model : nn.Module
+        A permuted copy of the input model (the input is unchanged).
+    perms : dict of str to LongTensor
+        Per group of `spec`: unit i of `model` is unit perm[i] of the input model
+        (`permute(state, spec, perms)` applies them to a state_dict).
+    spec : PermutationSpec
+        The checked spec the permutations act on (inferred, or the one given).
+    method : str
+        The alignment method's name.
+    history : list of float
+        Weight matching ("weight", "weight_cov"): the objective after each sweep; empty for "activation".
+    """
 
     model: nn.Module
     perms: dict[str, torch.Tensor]
@@ -46,7 +64,8 @@ def align(reference: nn.Module, model: nn.Module, method: str = "weight", exampl
     Weight matching (Ainsworth et al. 2022) maximizes sum_k <W_ref[k], P_out W[k] P_in^T> over the
     permutations of every group by exact coordinate descent; activation matching (Tatro et al. 2020)
     solves one assignment per group on the correlation of the units' activations on data; "weight_cov"
-    (Ferbach et al. 2024) weighs each layer's inputs by their second moment E[x x^T] on data.
+    (Ferbach et al. 2024) matches each layer's incoming weights, from the inputs on, in the metric of
+    its inputs' second moment E[x x^T] on data.
 
     Parameters
     ----------

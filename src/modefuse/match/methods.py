@@ -53,7 +53,29 @@ ALIGNERS: Registry[AlignMethod] = Registry("alignment method")
 
 
 def register_aligner(name: str, needs_data: bool = False, summary: str = ""):
-    """Decorator: `fn(problem) -> (perms, history)` becomes alignment method `name` of `mf.align`."""
+    """Decorator: `fn(problem) -> (perms, history)` becomes alignment method `name` of `mf.align`.
+
+    Adds a method without touching `align`: `align(a, b, method=name)` checks the pair, infers or checks
+    the spec, calls `fn` with an `AlignProblem` (the pair, their state_dicts, the checked spec, data,
+    seed and stopping rule) and builds the permuted copy from what it returns.
+
+    Parameters
+    ----------
+    name : str
+        The method's name for `align(method=...)` and the command line; an existing name is replaced.
+    needs_data : bool
+        The method reads activations: `align` refuses to run it without `data=`, and the command line
+        loads training data for it.
+    summary : str
+        A one-line description kept in the registry (default: the first line of `fn`'s docstring).
+
+    Returns
+    -------
+    callable
+        The decorator; it registers `fn` and returns it unchanged. `fn` returns `(perms, history)`: per
+        group of `problem.spec` a LongTensor perm (unit i of the result is unit perm[i] of the model) and
+        a list of objective values per iteration (empty if the method is not iterative).
+    """
     return ALIGNERS.register(name, lambda fn: AlignMethod(name, fn, needs_data, summary or first_line(fn)))
 
 
@@ -81,12 +103,14 @@ def activation(p: AlignProblem) -> tuple[Perms, list[float]]:
 
 @register_aligner("weight_cov", needs_data=True)
 def weight_cov(p: AlignProblem) -> tuple[Perms, list[float]]:
-    """Covariance-weighted weight matching (Ferbach et al. 2024): each layer's input axis weighted by the
-    second moment E[x x^T] of its inputs on data, so directions the data never excites cost nothing."""
+    """Covariance-weighted weight matching (Ferbach et al. 2024): layer by layer from the inputs, the
+    permutation maximizing <W_a M, P W_b Q^T> + <b_a, P b_b>, M = E[x x^T] of the layer's inputs in model
+    a on data (Q: the permutation already found for those inputs), so directions the data never excites
+    cost nothing."""
     _, trace = taps(p.spec, p.reference, p.example_input, p.data)
     targets = dict(p.ref_state)
     for key, m2 in input_second_moments(p.reference, trace, p.data, limit=p.limit).items():
         w = targets[key]
         targets[key] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
     return weight_matching(p.spec, targets, p.state, seed=p.seed, max_sweeps=p.max_sweeps, tol=p.tol,
-                           ref_inputs=p.ref_state)
+                           incoming_only=True)

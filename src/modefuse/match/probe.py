@@ -14,7 +14,8 @@ from torch import nn
 
 from ..zoo.batching import first_inputs, batches
 from ..errors import ModefuseError
-from ..spec.infer import infer_spec, trace_of
+from ..spec.infer import infer_spec
+from ..spec.trace import trace_of
 from ..spec.permutation_spec import PermutationSpec
 from ..zoo.models import example_input as zoo_example_input
 
@@ -51,7 +52,7 @@ class CrossMoments:
 def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
                    batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
     """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
-    unit axis) pairs of the models' exported graph (`trace`: the `infer.Trace`, `infer.trace_of(spec)`). A node
+    unit axis) pairs of the models' exported graph (`trace`: the `trace.Trace`, `trace.trace_of(spec)`). A node
     may be read at several axes (attention: heads and the order within them)."""
     points = sorted(set(points))
     names = sorted({n for n, _ in points})
@@ -71,16 +72,34 @@ def _points(taps: dict[str, list[tuple[str, int]]]) -> set[tuple[str, int]]:
     return {(n, ax) for nodes in taps.values() for n, ax in nodes}
 
 
+TIE_BREAK = 1e-6  # weight of the other nodes carrying a group: they only order units dead on the data
+
+
 def unit_correlations(ref: nn.Module, model: nn.Module, trace,
                       taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
                       batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Per group, the sum over its tapped nodes of the correlation matrix (ref units x model units)."""
+    """Per group, the correlation matrix (ref units x model units) where the next layers read the units.
+
+    Tatro et al. (2020) correlate a layer's outputs after the nonlinearity, which is what the next layer
+    reads: the group's nodes that are a linear or convolution layer's input (summed when several are).
+    The group's other nodes (pre-activations, normalized copies) add TIE_BREAK times their correlation,
+    which only orders units the data never moves (dead ReLUs, whose correlations are all zero). A group
+    no layer reads (recurrent states) sums every node that carries it.
+    """
     points = _points(taps)
     stats = {p: CrossMoments() for p in points}
     for a, b in tapped_samples([ref, model], trace, points, data, limit, batch_size):
         for p in points:
             stats[p].update(a[p], b[p])
-    return {g: sum(stats[(n, ax)].correlation() for n, ax in nodes) for g, nodes in taps.items() if nodes}
+    read = {la.input for la in trace.layers()}
+    out = {}
+    for g, nodes in taps.items():
+        if not nodes:
+            continue
+        main = [p for p in nodes if p[0] in read] or list(nodes)
+        out[g] = sum(stats[p].correlation() for p in main) + TIE_BREAK * sum(
+            (stats[p].correlation() for p in nodes if p not in main), torch.zeros(()))
+    return out
 
 
 def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]], data,
@@ -136,14 +155,27 @@ def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
 
 
 def example_for(model: nn.Module, example_input=None, data=None):
-    """An input batch to trace `model` with: the one given, else the first of `data`, else a zoo model's shape."""
+    """An input batch to trace `model` with: the one given, else the first of `data`, else a zoo model's
+    shape; on the model's device (a CPU dataset traces a model on the GPU)."""
     if example_input is not None:
-        return example_input
-    if data is not None:
-        return first_inputs(data)
-    x = zoo_example_input(model)
-    if x is None:
-        raise ModefuseError("pass example_input= (one batch of inputs) so that the model can be traced")
+        x = example_input
+    elif data is not None:
+        x = first_inputs(data)
+    else:
+        x = zoo_example_input(model)
+        if x is None:
+            raise ModefuseError("pass example_input= (one batch of inputs) so that the model can be traced")
+    p = next(model.parameters(), None)
+    return x if p is None else _on(x, p.device)
+
+
+def _on(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, tuple):
+        return tuple(_on(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _on(v, device) for k, v in x.items()}
     return x
 
 

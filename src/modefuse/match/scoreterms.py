@@ -36,8 +36,8 @@ class ScoreTerms:
     """
 
     def __init__(self, spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                 ref_inputs: Mapping[str, torch.Tensor] | None = None, budget: int | None = None):
-        self.spec, self.ref, self.state, self.ref_inputs, self.axes_of = spec, ref, state, ref_inputs, spec.axes_of
+                 budget: int | None = None):
+        self.spec, self.ref, self.state, self.axes_of = spec, ref, state, spec.axes_of
         # checkpoints read on access (`LazyState`): nothing is kept, every tensor is read when needed
         self.lazy = isinstance(state, LazyState) or isinstance(ref, LazyState)
         self.shape = state.shapes.__getitem__ if isinstance(state, LazyState) else (lambda k: state[k].shape)
@@ -68,10 +68,7 @@ class ScoreTerms:
         if e in self.ref_rows:
             return self.ref_rows[e]
         g, k, a = e
-        # covariance-weighted matching weighs only the axes holding units (`ref_inputs` elsewhere)
-        src = self.ref_inputs if self.ref_inputs is not None and self.spec.is_input(k, a, len(self.shape(k))) \
-            else self.ref
-        rows = unit_rows(src[k].float(), self.spec, g, k, a)
+        rows = unit_rows(self.ref[k].float(), self.spec, g, k, a)
         if not self.lazy:
             self.ref_rows[e] = rows
         return rows

@@ -17,13 +17,16 @@ from .solvers import assignment
 
 def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                     seed: int = 0, max_sweeps: int = 100, tol: float = 0.0,
-                    init: Mapping[str, torch.Tensor] | None = None,
-                    ref_inputs: Mapping[str, torch.Tensor] | None = None,
+                    init: Mapping[str, torch.Tensor] | None = None, incoming_only: bool = False,
                     progress: bool = False) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Permutations maximizing sum over tensors of <ref, permuted state>; also the objective per sweep.
 
     `ref` and `state` may be checkpoints read on access (`LazyState`): then no tensor is kept.
     `progress`: a bar per sweep (on a terminal), for models whose sweeps take minutes.
+    `incoming_only`: each group is scored by the tensors holding its units as outputs only (its rows, not
+    the next layers' columns), as covariance-weighted matching does (Ferbach et al. 2024): a pass from
+    the inputs to the outputs, repeated until no permutation changes; the objective is then the sum of
+    those terms, computed after each sweep.
 
     Stops after a sweep that changes no permutation or, with `tol` > 0, raises the objective by
     less than `tol` times its value (the last sweeps of exact convergence move it by ~1e-4 each).
@@ -36,7 +39,9 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
     perms = {g: (init[g].clone() if init and g in init else torch.arange(n, device=device))
              for g, n in spec.sizes.items()}
     axes_of = spec.axes_of
-    terms = ScoreTerms(spec, ref, state, ref_inputs)
+    terms = ScoreTerms(spec, ref, state)
+    scored = {g: [(k, a) for k, a in axes if not (incoming_only and spec.is_input(k, a, len(_shape(state, k))))]
+              for g, axes in spec.groups.items()}
     # the groups each entry's score depends on (the other permuted axes of its tensor)
     depends = {(g, k, a): {h for ax, h in axes_of[k] if (ax, h) != (a, g)} for g, axes in spec.groups.items()
                for k, a in axes}
@@ -66,7 +71,7 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
                     for h in (g, *inner[g]):
                         version[h] += 1
                 continue
-            score = terms.score(g, perms)
+            score = terms.score(g, perms, scored[g])
             new = assignment(score)
             idx = torch.arange(len(new), device=score.device)
             gain = (score[idx, new].double().sum() - score[idx, perms[g]].double().sum()).item()
@@ -74,7 +79,7 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
                 perms[g], improved = new, True
                 version[g] += 1
                 sweep_gain += gain  # the objective's change: the score holds every term touching g
-        objective += sweep_gain
+        objective = _objective(spec, ref, state, perms) if incoming_only else objective + sweep_gain
         history.append(objective)
         if not improved or sweep_gain < tol * abs(objective):
             break
@@ -95,6 +100,10 @@ def _block_step(g, inner, spec, ref, state, perms, terms, axes_of) -> float:
     perms[g] = new_g
     perms.update(new_in)
     return gain
+
+
+def _shape(state, k) -> tuple[int, ...]:
+    return tuple(state.shapes[k]) if hasattr(state, "shapes") else tuple(state[k].shape)
 
 
 def _objective(spec, ref, state, perms) -> float:

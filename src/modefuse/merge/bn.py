@@ -13,7 +13,29 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def reset_bn(model: nn.Module, data, limit: int | None = 5000, batch_size: int = 500) -> nn.Module:
-    """Recompute every BatchNorm's running mean and variance in place on `data` (exact averages)."""
+    """Recompute every BatchNorm's running mean and variance in place on `data` (exact averages).
+
+    Merged and interpolated weights make the stored statistics wrong: averaged statistics do not
+    describe the averaged network. The statistics are reset and accumulated as a cumulative average
+    over all batches (momentum None) in training mode; each layer's momentum and the model's training
+    mode are restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Changed in place; a model without BatchNorm is returned as it is.
+    data : batches, Dataset or tensor
+        Inputs to run the model on (labels are not read).
+    limit : int or None
+        At most that many examples of `data` (None: all of them).
+    batch_size : int
+        Examples per forward pass.
+
+    Returns
+    -------
+    nn.Module
+        `model` itself.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model

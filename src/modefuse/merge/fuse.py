@@ -27,25 +27,58 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     Each group's units are coupled to the target's by optimal transport on C[j, j'] = ||F_target[j] -
     F_i[j']||^2 (features F: a unit's transported incoming weights, or its activations), and the fused
     weights are the barycenter sum_i lambda_i n pi_i W_i (OTFusion, Singh & Jaggi 2020; Wasserstein
-    barycenter fusion, Akash et al. 2023). Returns a `Fusion`: the model, the couplings per group, the
-    target's spec and the largest coupling change per sweep.
+    barycenter fusion, Akash et al. 2023). "average" mixes the weights as they are, sum_i lambda_i W_i.
 
-    weights: lambda_i (default uniform); widths: target units per group (a dict, or a list in the
-    order of the spec's groups; default: model 0's); eps: Sinkhorn regularization relative to the
-    largest cost (default: exact OT).
-    cost: "weight" (units compared by their transported incoming weights: the papers' cost, no data
-    needed), "activation" (by their activations on `limit` examples of `data`: OTFusion's
-    activation-based metric) or "auto": activation when `data` is given, else weight (activations
-    fuse 4 and 6 MLPs 10-15 points better, REPORT.md).
-    outgoing: the weight cost also compares each unit's outgoing weights (the next layer's columns,
-    transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
-    REPORT.md, so on by default; False is the papers' cost.
-    spec: a permutation spec to use instead of inferring one (hand-written for a model export cannot
-    trace, or edited); models of other widths take it with their own sizes.
-    max_sweeps: at most this many sweeps over the groups (and barycenter updates per group); tol: they
-    stop when no coupling entry moves by this much (the names `mf.align` uses; `iters` is the old name of
-    max_sweeps). alpha_h: weight of the hidden-to-hidden term of "gromov" (1: counted like the other
-    incoming weights).
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        The K >= 1 models to fuse.
+    method : str
+        "average" (no alignment), "otfusion" (model 0 stays the target), "wasserstein" (a free
+        barycenter, any width), "gromov" (as "wasserstein", with recurrent layers' hidden-to-hidden
+        matrices in the cost), or a method registered with `register_fuser`.
+    weights : sequence of float, optional
+        lambda_i, non-negative with a positive sum, normalized to sum to 1 (default uniform).
+    widths : dict or sequence of int, optional
+        Target units per group: a dict (groups it leaves out keep model 0's width), or a list in the
+        order of the spec's groups (default: model 0's).
+    data : batches, Dataset or tensor, optional
+        Training examples for the activation cost.
+    example_input : tensor, tuple or dict, optional
+        One batch to trace the models with; default the first batch of `data`, or a zoo model's shape.
+    eps : float, optional
+        Sinkhorn regularization relative to the largest cost (default: exact OT).
+    max_sweeps : int
+        At most this many sweeps over the groups (and barycenter updates per group).
+    tol : float
+        The sweeps stop when no coupling entry moves by this much (`max_sweeps` and `tol` are the names
+        `mf.align` uses).
+    alpha_h : float
+        Weight of the hidden-to-hidden term of "gromov" (1: counted like the other incoming weights).
+    cost : {"auto", "weight", "activation"}
+        "weight" (units compared by their transported incoming weights: the papers' cost, no data
+        needed), "activation" (by their activations on `limit` examples of `data`: OTFusion's
+        activation-based metric) or "auto": activation when `data` is given, else weight (activations
+        fuse 4 and 6 MLPs 10-15 points better, REPORT.md).
+    outgoing : bool
+        The weight cost also compares each unit's outgoing weights (the next layer's columns,
+        transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
+        REPORT.md, so on by default; False is the papers' cost.
+    limit : int
+        Examples of `data` read by the activation cost.
+    progress : bool
+        A progress bar over the sweeps.
+    spec : PermutationSpec, optional
+        A permutation spec to use instead of inferring one (hand-written for a model export cannot
+        trace, or edited); models of other widths take it with their own sizes.
+    iters : int, optional
+        The old name of `max_sweeps` (deprecated: it warns).
+
+    Returns
+    -------
+    Fusion
+        The fused model, the couplings per group, the target's spec and the largest coupling change
+        per sweep.
     """
     fuser = get_fuser(method)
     if cost not in COSTS:

@@ -28,7 +28,25 @@ from .couplings import CouplingRule, Fuser, mix_tensors
 
 @dataclass
 class Fusion:
-    """The fused model, and per group the K couplings (n_target x n_i, mass 1) that produced it."""
+    """The result of `fuse`: the fused model, and per group the K couplings (n_target x n_i, mass 1) that produced it.
+
+    The couplings say which units of each model went into which unit of the fused model; `repair`
+    takes them to give the fused units their endpoints' statistics.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The fused model, of model 0's architecture at the target widths.
+    couplings : dict of str to list of Tensor
+        Per group, one transport plan per model (target units x that model's units, mass 1); empty for
+        "average".
+    spec : PermutationSpec or None
+        The fused model's spec (None for "average").
+    method : str
+        The fusion method's name.
+    coupling_changes : list of float
+        The largest coupling change per sweep (empty for "average").
+    """
 
     model: nn.Module
     couplings: dict[str, list[torch.Tensor]]
@@ -77,8 +95,27 @@ FUSERS: Registry[FusionMethod] = Registry("fusion method")
 
 
 def register_fuser(name: str, summary: str = "", aligns: bool = True):
-    """Decorator: `fn(problem) -> Fusion` becomes fusion method `name` of `mf.fuse`. `aligns`: it matches
-    the models' units before mixing them (the contract tests then ask it to fuse permuted copies back)."""
+    """Decorator: `fn(problem) -> Fusion` becomes fusion method `name` of `mf.fuse`.
+
+    Adds a method without touching `fuse`: `fuse(models, method=name)` checks the options and the
+    models' tensors and calls `fn` with a `FusionProblem` (the models, their state_dicts, the normalized
+    weights lambda_i, and the options of `fuse`, `cost` resolved to "weight" or "activation").
+
+    Parameters
+    ----------
+    name : str
+        The method's name for `fuse(method=...)` and the command line; an existing name is replaced.
+    summary : str
+        A one-line description kept in the registry (default: the first line of `fn`'s docstring).
+    aligns : bool
+        The method matches the models' units before mixing them (the contract tests then ask it to fuse
+        permuted copies back; the command line loads training data for its activation cost).
+
+    Returns
+    -------
+    callable
+        The decorator; it registers `fn` and returns it unchanged.
+    """
     return FUSERS.register(name, lambda fn: FusionMethod(name, fn, summary or first_line(fn), aligns))
 
 
@@ -210,7 +247,8 @@ def _build(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn
     elif arch and arch["name"] in ("rnn", "lstm") and arch["kwargs"].get("num_layers", 1) == 1:
         kw = {**arch["kwargs"], "hidden": sizes[next(iter(spec.groups))]}
     if kw is not None:
-        out = zoo.build(arch["name"], **kw)
+        first = next(model0.parameters())
+        out = zoo.build(arch["name"], **kw).to(device=first.device, dtype=first.dtype)
         out.load_state_dict(state)
         return out
     if any(isinstance(m, nn.RNNBase) for m in model0.modules()):

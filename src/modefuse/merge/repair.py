@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..zoo.batching import first_inputs
 from .bn import reset_bn
-from ..spec.infer import infer_spec, trace_of
-from ..match.probe import unit_moments
+from ..spec.infer import infer_spec
+from ..spec.trace import trace_of
+from ..match.probe import example_for, unit_moments
 from ..spec.permutation_spec import Layout
 
 
@@ -27,14 +27,45 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
            eps: float = 1e-5) -> nn.Module:
     """A copy of `model` whose hidden units have the endpoints' interpolated means and stds on `data`.
 
-    weights: the interpolation weights of the endpoints (uniform by default; [1 - alpha, alpha] for a
-    point of a path). couplings: for a fusion (`Fusion.couplings`), the maps from each endpoint's units
-    to the model's; without them the endpoints must be in the model's basis (aligned).
+    REPAIR (Jordan et al. 2022): averaged weights shrink the variance of hidden units and the merged
+    model collapses; rescaling each unit to its endpoints' statistics undoes that.
+    Per layer whose outputs are a group's units, in graph order (each measured after the ones before
+    it were fixed), with target moments mu_t = sum_i w_i mu_i and sigma_t = sum_i w_i sigma_i of the
+    endpoints and mu, sigma of the model's unit:
+
+        W[j] <- s_j W[j],   b[j] <- s_j (b[j] - mu[j]) + mu_t[j],   s_j = sigma_t[j] / (sigma[j] + eps)
+
+    so that the unit's output has mean mu_t and std sigma_t. BatchNorm statistics are then recomputed
+    (`reset_bn`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The merged model (an interpolation or a fusion); it is not changed.
+    endpoints : sequence of nn.Module
+        The models it was merged from.
+    data : batches, Dataset or tensor
+        Inputs on which the statistics are measured.
+    weights : sequence of float, optional
+        The interpolation weights of the endpoints (uniform by default; [1 - alpha, alpha] for a
+        point of a path).
+    couplings : dict of str to sequence of Tensor, optional
+        For a fusion (`Fusion.couplings`), the maps from each endpoint's units to the model's: an
+        endpoint's statistics are carried to the model's units as n_target pi_i @ mu_i. Without them the
+        endpoints must be in the model's basis (aligned).
+    limit : int
+        Examples of `data` read for each measurement and for the BatchNorm statistics.
+    eps : float
+        Added to the model's std before dividing.
+
+    Returns
+    -------
+    nn.Module
+        The repaired copy of `model`.
     """
     weights = [1.0 / len(endpoints)] * len(endpoints) if weights is None else [float(w) for w in weights]
     out = copy.deepcopy(model)
-    x = first_inputs(data)
-    spec = infer_spec(out, x)
+    spec = infer_spec(out, example_for(out, data=data))
     trace = trace_of(spec)
     # the layers whose outputs are hidden units of a group: (weight, bias, node, group, unit axis, weight's out axis)
     layers = []
@@ -47,7 +78,7 @@ def repair(model: nn.Module, endpoints: Sequence[nn.Module], data, weights: Sequ
     axes = {n: a for _, _, n, _, a, _ in layers}
     end_stats = []
     for i, e in enumerate(endpoints):
-        st = unit_moments(e, trace_of(infer_spec(e, x)), axes, data, limit)
+        st = unit_moments(e, trace_of(infer_spec(e, example_for(e, data=data))), axes, data, limit)
         if couplings is not None:  # map the endpoint's units onto the model's: barycentric average
             st = {n: tuple(len(couplings[g][i]) * couplings[g][i].double() @ v for v in st[n])
                   for _, _, n, g, _, _ in layers}

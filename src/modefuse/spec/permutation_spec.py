@@ -43,11 +43,30 @@ SPEC_FORMAT = "modefuse-spec/1"
 
 @dataclass(frozen=True)
 class PermutationSpec:
-    """groups: name -> [(state_dict key, axis)]; layouts: (name, key, axis) -> Layout where not plain.
+    """Which axes of which state_dict tensors share one hidden-unit order: the groups a permutation moves.
 
-    Frozen data: built once (by `infer_spec`, `from_axes`, `from_json` or by hand) and never changed;
-    `check(state)` returns a checked spec with the sizes filled in. The graph a spec was inferred from
-    is kept apart (`modefuse.spec.infer.trace_of(spec)`).
+    Plain data, as in Git Re-Basin (Ainsworth et al. 2022): every alignment and fusion method reads it,
+    so a model `infer_spec` cannot trace is handled by writing its spec by hand. Frozen data: built once
+    (by `infer_spec`, `from_axes`, `from_json` or by hand) and never changed; `check(state)` returns a
+    checked spec with the sizes filled in. The graph a spec was inferred from is kept apart
+    (`modefuse.spec.trace.trace_of(spec)`).
+
+    Attributes
+    ----------
+    groups : dict of str to tuple of (str, int)
+        Group name -> the (state_dict key, axis) pairs its permutation moves.
+    layouts : dict of (str, str, int) to Layout
+        (group, key, axis) -> where the group's units sit on that axis, where not one per position:
+        a channel flattened into H*W features (`block`), an LSTM's gate chunks (`tiles`, `stride`), a
+        concatenation (`offset`).
+    sizes : dict of str to int
+        Units per group (filled in by `check`).
+    contracted : frozenset of (str, int) or None
+        The entries where the group's units are contracted (a layer's input axis) rather than produced;
+        fusion maps them with the source width's scale. None: axis >= 1 of a tensor of 2+ dims.
+    unit_nodes : dict of str to tuple of (str, int)
+        Inferred specs only: per group, the graph nodes whose outputs carry its units (node, axis),
+        which activation-based alignment reads (names only; not compared by ==).
     """
 
     groups: Mapping[str, Sequence[tuple[str, int]]]
@@ -73,7 +92,22 @@ class PermutationSpec:
                   sizes: Mapping[str, int] | None = None) -> "PermutationSpec":
         """A hand-written spec from each tensor's axes, as Git Re-Basin's `axes_to_perm`: for every
         state_dict key, one group name (or None: not permuted) per axis. E.g. for a two-layer MLP
-        `{"fc1.weight": ("h", None), "fc1.bias": ("h",), "fc2.weight": (None, "h")}`."""
+        `{"fc1.weight": ("h", None), "fc1.bias": ("h",), "fc2.weight": (None, "h")}`.
+
+        Parameters
+        ----------
+        axes : dict of str to sequence of (str or None)
+            State_dict key -> one group name or None per axis; keys not named are not permuted.
+        layouts : dict, optional
+            (group, key, axis) -> `Layout`, where the units do not sit one per position.
+        sizes : dict of str to int, optional
+            Units per group (else `check` reads them off the tensors).
+
+        Returns
+        -------
+        PermutationSpec
+            The spec, not yet checked against a model.
+        """
         groups: dict[str, list[tuple[str, int]]] = {}
         for key, names in axes.items():
             for a, g in enumerate(names):
@@ -101,7 +135,24 @@ class PermutationSpec:
 
     def check(self, state: Mapping[str, torch.Tensor]) -> "PermutationSpec":
         """This spec checked against `state`, with the sizes it does not give read off the tensors (a new
-        spec where sizes were missing); raises naming the first bad entry."""
+        spec where sizes were missing); raises naming the first bad entry.
+
+        Parameters
+        ----------
+        state : dict of str to Tensor
+            A model's state_dict.
+
+        Returns
+        -------
+        PermutationSpec
+            This spec if it already gave every size, else a copy with the sizes filled in.
+
+        Raises
+        ------
+        ModefuseError
+            A named tensor or axis is missing, a group's size cannot be read off a tensor, or a layout
+            does not fit its axis.
+        """
         sizes = dict(self.sizes)
         for g, axes in self.groups.items():
             for k, a in axes:
@@ -126,7 +177,13 @@ class PermutationSpec:
         return self if sizes == self.sizes else replace(self, sizes=sizes)
 
     def to_json(self) -> str:
-        """The spec as JSON text (the trace it was read from is left out); `from_json` reads it back."""
+        """The spec as JSON text (the trace it was read from is left out); `from_json` reads it back.
+
+        Returns
+        -------
+        str
+            The format `modefuse align --spec FILE` reads.
+        """
         return json.dumps({
             "format": SPEC_FORMAT,
             "groups": {g: [[k, a] for k, a in axes] for g, axes in self.groups.items()},
@@ -138,7 +195,18 @@ class PermutationSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "PermutationSpec":
-        """The spec written by `to_json` (or by hand in its format); raises naming what is malformed."""
+        """The spec written by `to_json` (or by hand in its format); raises naming what is malformed.
+
+        Parameters
+        ----------
+        text : str
+            JSON text in the format "modefuse-spec/1".
+
+        Returns
+        -------
+        PermutationSpec
+            The spec, not yet checked against a model.
+        """
         try:
             d = json.loads(text)
             if d.get("format") != SPEC_FORMAT:

@@ -30,7 +30,26 @@ RULES: dict[object, Rule] = {}
 
 def register_rule(*ops) -> Callable[[Rule], Rule]:
     """Decorator: use `fn(w, node)` for the nodes calling any of `ops` (an op overload such as
-    `torch.ops.aten.cumsum.default`, its packet `torch.ops.aten.cumsum`, or a name "mylib::op")."""
+    `torch.ops.aten.cumsum.default`, its packet `torch.ops.aten.cumsum`, or a name "mylib::op").
+
+    Teaches `infer_spec` an op it does not know (a `torch.library` custom op, or an ATen op without a
+    rule), so that a model using it needs no hand-written spec. The rule is called for each node of the
+    exported graph that calls one of `ops` on hidden units: it reads its inputs' axes with `w.axes(arg)`,
+    joins what must carry the same units with `w.unify`, marks the axes a layer produces with
+    `w.produces` and a layer's input axis with `w.contracts`, pins units the op does not commute with
+    (`w.pin`), and returns the output's axes (`w.act(axes)`; a tuple of them for several outputs).
+    Specs inferred (and cached) before the rule was registered are not reused.
+
+    Parameters
+    ----------
+    *ops : op overload, op packet or str
+        The ops the rule handles; a rule already registered for one of them is replaced.
+
+    Returns
+    -------
+    callable
+        The decorator; it registers `fn` and returns it unchanged.
+    """
 
     def deco(fn: Rule) -> Rule:
         for op in ops:

@@ -17,7 +17,27 @@ State = dict[str, torch.Tensor]
 
 
 def permute(state: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Mapping[str, torch.Tensor]) -> State:
-    """`state` with each group's permutation applied on every axis it moves."""
+    """`state` with each group's permutation applied on every axis it moves.
+
+    Moving hidden units consistently (a layer's outputs and the next layer's inputs) gives a model that
+    computes the same function: applied to the input model's state_dict, an alignment's permutations
+    (`Alignment.perms`) give the aligned model's.
+
+    Parameters
+    ----------
+    state : dict of str to Tensor
+        A state_dict; it is not changed.
+    spec : PermutationSpec
+        Which (key, axis) pairs each group's permutation moves, and where its units sit on them.
+    perms : dict of str to LongTensor
+        Per group, perm: unit i of the result is unit perm[i] of `state`. Groups without one are left
+        as they are.
+
+    Returns
+    -------
+    dict of str to Tensor
+        A new state_dict; tensors the spec does not name are the same objects as in `state`.
+    """
     out = dict(state)
     for key, axes in spec.axes_of.items():
         out[key] = permute_tensor(state[key], key, axes, spec, perms)

@@ -39,7 +39,27 @@ def write_tensors(path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 
 def save(model: nn.Module, path: str | os.PathLike, **metadata) -> Path:
-    """Write `model` to `path` (atomically), with its architecture and `metadata` as JSON."""
+    """Write `model` to `path` (atomically), with its architecture and `metadata` as JSON.
+
+    One .safetensors file: nothing is pickled, so loading it runs no code. A zoo model's architecture
+    (name and arguments) is stored, so `load(path)` rebuilds it; other modules load into a module the
+    caller builds (`load(path, model=...)`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to write; refused if any tensor is not finite.
+    path : str or PathLike
+        The file, written under a temporary name and then renamed (complete or not at all).
+    **metadata
+        Stored as JSON beside the weights (dataset, seed, metrics, ...); values JSON cannot hold are
+        stored as their str.
+
+    Returns
+    -------
+    Path
+        `path`.
+    """
     check_finite(model.state_dict(), f"refusing to save {path}")
     meta = {"format": "modefuse-model", "modefuse_version": __version__,
             "arch": getattr(model, "arch", None), **metadata}
@@ -87,7 +107,34 @@ def _foreign(path) -> str:
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, check_nonfinite: bool = True) -> nn.Module:
-    """Rebuild the module stored at `path` (or fill `model` with its weights); `.checkpoint_metadata` holds the metadata."""
+    """Rebuild the module stored at `path` (or fill `model` with its weights), its metadata attached.
+
+    Reads what `save` writes, the model part of a training-state file, and any other .safetensors file
+    whose tensor names and shapes fit `model`; nothing is ever unpickled. A curve file (three models)
+    is refused without `model`: read it with `mf.load_curve`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A .safetensors file.
+    model : nn.Module, optional
+        A module to fill (needed when the file holds no zoo architecture); it must have the same tensor
+        names and shapes, and takes the stored values in its own dtypes.
+    check_nonfinite : bool
+        Refuse a checkpoint holding NaN or infinite values.
+
+    Returns
+    -------
+    nn.Module
+        The rebuilt zoo model, or `model` filled; its `checkpoint_metadata` attribute holds the stored
+        metadata (empty for a file modefuse did not write).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, unreadable or damaged, holds no architecture and no `model` was given, or
+        does not fit `model`.
+    """
     tensors, meta = read_tensors(path)
     meta = meta or {}
     if meta.get("format") == "modefuse-curve" and model is None:

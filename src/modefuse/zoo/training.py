@@ -139,7 +139,32 @@ def _num_examples(data, batch_size: int) -> int:
 @torch.no_grad()
 def evaluate(model: nn.Module, data, loss_fn: LossFn | None = None, batch_size: int = 1000,
              params: Mapping[str, torch.Tensor] | None = None, limit: int | None = None) -> dict[str, float]:
-    """Mean loss and accuracy of `model` on `data` (at `params` instead of its own weights, if given)."""
+    """Mean loss and accuracy of `model` on `data` (at `params` instead of its own weights, if given).
+
+    Runs in eval mode without gradients and restores the model's mode; paths, planes and curves evaluate
+    many points of weight space through `params` without copying the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (its architecture, and its weights unless `params` is given).
+    data : Dataset or batches
+        Labelled (inputs, targets) pairs.
+    loss_fn : callable, optional
+        loss_fn(outputs, targets), mean over the batch; default cross-entropy.
+    batch_size : int
+        Examples per forward pass.
+    params : mapping of str to Tensor, optional
+        Parameters to run the model at (`torch.func.functional_call`).
+    limit : int, optional
+        Evaluate on the first `limit` examples only.
+
+    Returns
+    -------
+    dict
+        {"loss": mean loss, "accuracy": fraction of correct top-1 predictions}, both per target (per example
+        for a classifier, per position for a language model).
+    """
     batch_size = positive_int(batch_size, "batch_size")
     limit = optional_positive_int(limit, "limit")
     loss_fn = loss_fn or F.cross_entropy
