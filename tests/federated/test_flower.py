@@ -1,5 +1,6 @@
 """Federated fusion on Flower: the strategy's aggregation on hand-made replies, and a small simulation."""
 import json
+import math
 import logging
 
 import numpy as np
@@ -55,6 +56,20 @@ def test_the_strategys_aggregate_is_mf_fuse_of_the_client_models_weighted_by_exa
     assert metrics["train_loss"] == pytest.approx((100 * 0.1 + 300 * 0.2 + 200 * 0.3) / 600)
 
 
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in():
+    """Fusion anchors on model 0: replies are put in their clients' partition order before fusing."""
+    models = [_mlp(s) for s in range(3)]
+
+    def reply(pid):
+        r = _reply(pid + 1, models[pid])
+        r.content["client"] = ConfigRecord({"partition-id": pid})
+        return r
+    first = FedFusion(_mlp(9), method="wasserstein").aggregate_train(1, [reply(p) for p in (0, 1, 2)])[0]
+    again = FedFusion(_mlp(9), method="wasserstein").aggregate_train(1, [reply(p) for p in (2, 0, 1)])[0]
+    for k, v in _state(first).items():
+        assert torch.equal(_state(again)[k], v), k
+
+
 def test_averaging_through_the_strategy_equals_flowers_own_fedavg():
     models, sizes = [_mlp(s) for s in range(3)], [50, 150, 300]
     ours, _ = FedFusion(_mlp(9), method="average").aggregate_train(1, [_reply(i + 1, m, n) for i, (m, n) in
@@ -103,6 +118,12 @@ def test_three_clients_two_rounds_on_flowers_simulation_engine():
     assert sorted(history.accuracy) == [0, 1, 2]
     assert history.accuracy[2] > history.accuracy[0] + 0.1  # the fused global model learns
     assert history.left_out == {}
+    for r in (1, 2):  # the round's time split, from Flower's own message timestamps
+        sec = history.seconds[r]
+        assert all(math.isfinite(sec[k]) and sec[k] >= 0 for k in ("queued", "to client", "to server", "fusion",
+                                                                     "clients", "slowest client")), sec
+        assert sec["slowest client"] <= sec["clients"] and sec["fusion"] + sec["slowest client"] < sec["round"]
+        assert sec["to server"] < sec["round"]
 
 
 @pytest.mark.slow

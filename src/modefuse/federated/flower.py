@@ -15,6 +15,7 @@ left out of the round, with a log line naming the node; the round goes on with t
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -104,6 +105,7 @@ class FedFusion(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        valid = sorted(valid, key=_client_order)  # fusion is order-dependent (model 0 anchors it): fix the order
         models, weights, kept = [], [], []
         for msg in valid:
             try:
@@ -122,9 +124,7 @@ class FedFusion(FedAvg):
         self.received = (models, weights)
         t0 = time.perf_counter()
         fused = self.fuse(models, weights)
-        client_seconds = [float(list(m.content.metric_records.values())[0].get("train-seconds", 0.0)) for m in kept]
-        self.seconds[server_round] = {"fusion": time.perf_counter() - t0, "clients": sum(client_seconds),
-                                      "slowest client": max(client_seconds)}
+        self.seconds[server_round] = {"fusion": time.perf_counter() - t0, **_reply_timing(kept)}
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
         return ArrayRecord(fused.state_dict()), metrics
 
@@ -145,6 +145,28 @@ class FedFusion(FedAvg):
             return repair(fus.model, models, self.data, weights=[w / sum(weights) for w in weights],
                           couplings=fus.couplings)
         return fus.model
+
+
+def _client_order(msg: Message) -> tuple[int, int]:
+    """Replies in the order of their clients' partitions (else node ids), whatever order they arrived in."""
+    client = msg.content.config_records.get("client")
+    return (0, int(client["partition-id"])) if client and "partition-id" in client else (1, msg.metadata.src_node_id)
+
+
+def _reply_timing(replies: list[Message]) -> dict[str, float]:
+    """A round's time split from the replies: clients' training (sum, slowest) and, per message on average,
+    the instruction's wait for a worker and its delivery, and the reply's transfer (created on the client ->
+    delivered to the server: Flower's own timestamps; the server polls for replies)."""
+    rows = [list(m.content.metric_records.values())[0] for m in replies]
+    train = [float(r.get("train-seconds", 0.0)) for r in rows]
+    uplink = [_stamp(m.metadata.delivered_at) - m.metadata.created_at for m in replies]
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+    return {"clients": sum(train), "slowest client": max(train),
+            "queued": mean([float(r.get("queued-seconds", float("nan"))) for r in rows]),
+            "to client": mean([float(r.get("receive-seconds", float("nan"))) for r in rows]),
+            "to server": mean(uplink)}
 
 
 def _fresh(template: nn.Module) -> nn.Module:
@@ -229,6 +251,7 @@ def client_app(settings: Settings | None = None) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         s = settings or Settings.from_config(context.run_config)
         torch.set_num_threads(1)  # clients share the machine's cores
+        started = time.time()
         pid, k = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
         shard = _shard(s, k, pid)
         server_round = int(msg.content["config"].get("server-round", 1))
@@ -243,9 +266,11 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         loss = float(hist[-1]["train_loss"]) if hist else float("nan")
         content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                               "metrics": MetricRecord({"train_loss": loss, "num-examples": len(shard),
-                                                       "train-seconds": seconds}),
+                                                       "train-seconds": seconds,
+                                                       **_instruction_timing(msg, started)}),
                               "arch": ConfigRecord({"name": model.arch["name"],
-                                                    "kwargs": json.dumps(model.arch["kwargs"])})})
+                                                    "kwargs": json.dumps(model.arch["kwargs"])}),
+                              "client": ConfigRecord({"partition-id": pid})})
         return Message(content=content, reply_to=msg)
 
     return app
@@ -255,6 +280,19 @@ def _shard(s: Settings, k: int, pid: int):
     """Client `pid`'s shard of the training data. (At module level: Ray pickles the client's closure
     by value, and an attribute named like a torch submodule there, `s.classes`, drags `torch.classes` in.)"""
     return mfdata.split(_data(s, "train"), k, s.split, s.alpha, seed=s.seed, classes=s.label_classes or None)[pid]
+
+
+def _stamp(iso: str) -> float:
+    """A Flower delivery time (ISO 8601, set by the link when a message is pulled) in seconds since the epoch."""
+    return datetime.fromisoformat(iso).timestamp() if iso else float("nan")
+
+
+def _instruction_timing(msg: Message, started: float) -> dict[str, float]:
+    """From Flower's own timestamps of the server's instruction: how long it waited for this node to pull
+    it (created -> delivered: a free worker, when clients outnumber them) and how long from delivery to the
+    client's code (transfer and deserialization)."""
+    delivered = _stamp(msg.metadata.delivered_at)
+    return {"queued-seconds": delivered - msg.metadata.created_at, "receive-seconds": started - delivered}
 
 
 def _to_width(state: dict[str, torch.Tensor], model: nn.Module, s: Settings, data) -> dict[str, torch.Tensor]:
