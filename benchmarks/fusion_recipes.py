@@ -8,7 +8,7 @@ and each row is one set of seeds); on a CPU it takes hours. Command used:
 (B) 4 x MLP 784-400-200-100-10, full 60k train, test 2000 (same as wb-mlp quick? it uses the full test set:
     here n_test is an argument).
 Writes one JSON line per result to $OUT/results.jsonl (flushed), a summary at the end.
-Usage: python exp.py [--tiny] [--only A|B] [--budget SECONDS] [--jobs name,name]
+Usage: python benchmarks/fusion_recipes.py [--tiny] [--only A|B] [--budget SECONDS] [--jobs name,name]
 """
 from __future__ import annotations
 
@@ -182,27 +182,25 @@ def variants(models, train, test, mean, tag, extra):
         fuse_v(f"[WIDER TARGET {wide}] wasserstein act", method="wasserstein", cost="activation", widths=wide)
 
 
-def job_A(name, epochs, lr, opt, wd=0.0, extra=(), train=None):
+def _job(part, arch, kw, train, test, k, epochs, lr, opt, wd, extra):
+    """Train k models by one recipe, log their accuracies, then every fusion variant."""
     t = time.time()
-    a_train = train if train is not None else globals()["a_train"]
-    models = train_models("vgg", {"width": VGG_W}, a_train, 2, epochs, lr, opt, wd)
-    accs = [acc(m, a_test) for m in models]
+    models = train_models(arch, kw, train, k, epochs, lr, opt, wd)
+    accs = [acc(m, test) for m in models]
     mean = round(sum(accs) / len(accs), 2)
-    log(part=f"A:{name}", variant="inputs", inputs=accs, mean=mean,
-        recipe=dict(epochs=epochs, lr=lr, opt=opt, wd=wd, n_train=len(a_train)), sec=round(time.time() - t, 1))
+    log(part=part, variant="inputs", inputs=accs, mean=mean,
+        recipe=dict(epochs=epochs, lr=lr, opt=opt, wd=wd, n_train=len(train)), sec=round(time.time() - t, 1))
     check_time()
-    run_variants(models, a_train, a_test, mean, f"A:{name}", extra)
+    run_variants(models, train, test, mean, part, extra)
+
+
+def job_A(name, epochs, lr, opt, wd=0.0, extra=(), train=None):
+    a_train = train if train is not None else globals()["a_train"]
+    _job(f"A:{name}", "vgg", {"width": VGG_W}, a_train, a_test, 2, epochs, lr, opt, wd, extra)
 
 
 def job_B(name, epochs, lr, opt, wd=0.0, extra=()):
-    t = time.time()
-    models = train_models("mlp", {"widths": MLP_WIDTHS}, b_train, 4, epochs, lr, opt, wd)
-    accs = [acc(m, b_test) for m in models]
-    mean = round(sum(accs) / len(accs), 2)
-    log(part=f"B:{name}", variant="inputs", inputs=accs, mean=mean,
-        recipe=dict(epochs=epochs, lr=lr, opt=opt, wd=wd, n_train=len(b_train)), sec=round(time.time() - t, 1))
-    check_time()
-    run_variants(models, b_train, b_test, mean, f"B:{name}", extra)
+    _job(f"B:{name}", "mlp", {"widths": MLP_WIDTHS}, b_train, b_test, 4, epochs, lr, opt, wd, extra)
 
 
 JOBS = {

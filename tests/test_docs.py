@@ -66,3 +66,11 @@ def test_the_commands_of_each_page_run(page, tmp_path, fmnist_train):
         for i, w in enumerate(words):  # what the command was asked to write is there
             if w in ("--out", "--plot"):
                 assert (tmp_path / words[i + 1]).is_file(), f"{shlex.join(words)} wrote no {words[i + 1]}"
+
+
+def test_the_source_files_the_docs_name_exist():
+    """A file path in the README or a guide (`modefuse/spec/rules.py`) still points at a file."""
+    root = DOCS.parent
+    for page in [root / "README.md", *PAGES]:
+        for path in set(re.findall(r"modefuse/[\w/]+\.py", page.read_text())):
+            assert (root / "src" / path).is_file(), f"{page.name} names {path}, which does not exist"

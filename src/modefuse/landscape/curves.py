@@ -312,10 +312,8 @@ def pam(a: nn.Module, b: nn.Module, data, rounds: int = 3, epochs_per_round: int
         The `mf.align` method that gives the starting permutation ("activation", "weight", ...).
     proximal : float
         Weight of the proximal term toward the current permuted b (>= 0).
-    progress : bool
-        Progress of the training, as `mf.train` shows it.
-    limit : int, optional
-        At most that many examples per epoch.
+    progress, limit
+        As in `fit_curve`.
 
     Returns
     -------

@@ -11,46 +11,12 @@ from .walker import Walker
 
 
 def resolve(w: Walker, aliases: dict[str, list[str]]) -> PermutationSpec:
+    """The spec of a finished walk: groups, their layouts on each parameter axis, sizes, contracted axes
+    and the nodes that carry each group's units."""
     uv = w.uv
-    classes = uv.classes()
-    marked = {r for r, (_, m) in classes.items() if m and r != FIXED}
-    names = {r: n for r, (n, _) in classes.items()}
-    changed = True
-    while changed:  # the parts of a produced class are produced too, and named after it
-        changed = False
-        for r, f in list(uv.refined.items()):
-            if uv.find(r) != r:
-                continue
-            for i, p in enumerate(f.parts):
-                q = uv.find(p)
-                if q == FIXED:
-                    continue
-                if r in marked and q not in marked:
-                    marked.add(q)
-                    changed = True
-                if names.get(q) is None and names.get(r) is not None:
-                    names[q] = f"{names[r]}.{'f' if f.kind == 'kron' else 's'}{i}"
-                    changed = True
+    marked, names = _produced_classes(uv)
     bad: set[int] = set()
-    where: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-    for key, vars_ in w.params.items():
-        if key not in w.state_keys and not aliases.get(key):
-            continue
-        for a, v in enumerate(vars_):
-            if v is None:
-                continue
-            _, labels = positions(uv, plain(uv.size[v], v), bad)
-            labels = {r: lab for r, lab in labels.items() if r in marked}
-            if labels:
-                where[(key, a)] = labels
-    layouts_of: dict[tuple[int, str, int], Layout] = {}
-    for (key, a), labels in where.items():
-        for r, lab in labels.items():
-            lay = fit_layout(lab, uv.size[r])
-            if lay is None:
-                bad.add(r)
-            else:
-                layouts_of[(r, key, a)] = lay
+    layouts_of = _layouts(w, aliases, marked, bad)
     groups: dict[str, list[tuple[str, int]]] = {}
     layouts: dict[tuple[str, str, int], Layout] = {}
     sizes: dict[str, int] = {}
@@ -83,6 +49,57 @@ def resolve(w: Walker, aliases: dict[str, list[str]]) -> PermutationSpec:
     groups = {g: axes for g, axes in groups.items() if axes}
     return PermutationSpec(groups, layouts, {g: sizes[g] for g in groups}, contracted=contracted,
                            unit_nodes=unit_nodes)
+
+
+def _produced_classes(uv) -> tuple[set[int], dict[int, str | None]]:
+    """The classes a layer produces (and nothing fixes), and their names; the parts of a produced class
+    (a reshape's factors or slices) are produced too, and named after it."""
+    classes = uv.classes()
+    marked = {r for r, (_, m) in classes.items() if m and r != FIXED}
+    names = {r: n for r, (n, _) in classes.items()}
+    changed = True
+    while changed:
+        changed = False
+        for r, f in list(uv.refined.items()):
+            if uv.find(r) != r:
+                continue
+            for i, p in enumerate(f.parts):
+                q = uv.find(p)
+                if q == FIXED:
+                    continue
+                if r in marked and q not in marked:
+                    marked.add(q)
+                    changed = True
+                if names.get(q) is None and names.get(r) is not None:
+                    names[q] = f"{names[r]}.{'f' if f.kind == 'kron' else 's'}{i}"
+                    changed = True
+    return marked, names
+
+
+def _layouts(w: Walker, aliases, marked: set[int], bad: set[int]) -> dict[tuple[int, str, int], Layout]:
+    """(class, state key, axis) -> where the class's units sit on that parameter axis; a class whose
+    positions fit no `Layout` is added to `bad` (left fixed)."""
+    uv = w.uv
+    where: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    for key, vars_ in w.params.items():
+        if key not in w.state_keys and not aliases.get(key):
+            continue
+        for a, v in enumerate(vars_):
+            if v is None:
+                continue
+            _, labels = positions(uv, plain(uv.size[v], v), bad)
+            labels = {r: lab for r, lab in labels.items() if r in marked}
+            if labels:
+                where[(key, a)] = labels
+    layouts_of: dict[tuple[int, str, int], Layout] = {}
+    for (key, a), labels in where.items():
+        for r, lab in labels.items():
+            lay = fit_layout(lab, uv.size[r])
+            if lay is None:
+                bad.add(r)
+            else:
+                layouts_of[(r, key, a)] = lay
+    return layouts_of
 
 
 def pinned_notes(w: Walker) -> list[str]:
