@@ -16,7 +16,8 @@ from torch import nn
 from ..errors import ModefuseError
 from ..registry import Registry, first_line
 from ..spec.permutation_spec import PermutationSpec
-from .probe import input_second_moments, taps, unit_correlations
+from .blockmatch import block_step, inner_groups
+from .probe import block_correlations, input_second_moments, taps, unit_correlations
 from .solvers import assignment
 from .weight_matching import weight_matching
 
@@ -92,13 +93,25 @@ def weight(p: AlignProblem) -> tuple[Perms, list[float]]:
 @register_aligner("activation", needs_data=True)
 def activation(p: AlignProblem) -> tuple[Perms, list[float]]:
     """Activation matching (Tatro et al. 2020): one assignment per group on the correlation of
-    standardized unit activations on data."""
+    standardized unit activations on data. Attention heads are matched with the order within them
+    (`blockmatch.block_step`): the score of pairing head i with head j is the best matching of their
+    dimensions' correlations, then each inner order is solved for the chosen heads."""
     unit_nodes, trace = taps(p.spec, p.reference, p.example_input, p.data)
     corr = unit_correlations(p.reference, p.model, trace, unit_nodes, p.data, limit=p.limit)
     missing = [g for g in p.spec.groups if g not in corr]
     if missing:
         raise ModefuseError(f"no activations carry group {missing[0]!r}; align it by weights or pass a spec")
-    return {g: assignment(corr[g]) for g in p.spec.groups}, []
+    perms = {g: assignment(corr[g]) for g in p.spec.groups}
+    for g in p.spec.groups:
+        inner = inner_groups(p.spec, g)
+        scores = {h: block_correlations(p.reference, p.model, trace, unit_nodes, g, h,
+                                        (p.spec.sizes[g], p.spec.sizes[h]), p.data, limit=p.limit) for h in inner}
+        if scores and all(s is not None for s in scores.values()):
+            n = p.spec.sizes[g]
+            _, perms[g], inner_perms = block_step(torch.zeros(n, n, dtype=torch.float64), scores, perms[g],
+                                                  {h: perms[h] for h in inner})
+            perms.update(inner_perms)
+    return perms, []
 
 
 @register_aligner("weight_cov", needs_data=True)
@@ -110,7 +123,19 @@ def weight_cov(p: AlignProblem) -> tuple[Perms, list[float]]:
     _, trace = taps(p.spec, p.reference, p.example_input, p.data)
     targets = dict(p.ref_state)
     for key, m2 in input_second_moments(p.reference, trace, p.data, limit=p.limit).items():
-        w = targets[key]
-        targets[key] = torch.tensordot(w, m2.to(w.dtype), dims=([1], [0])).movedim(-1, 1)
+        targets[key] = _weighted_by_inputs(targets[key], m2)
     return weight_matching(p.spec, targets, p.state, seed=p.seed, max_sweeps=p.max_sweeps, tol=p.tol,
                            incoming_only=True)
+
+
+def _weighted_by_inputs(w: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """W M over the input axis (axis 1). A grouped convolution's output channels each see their group's
+    inputs only (a depthwise one, one channel): each group's weights take that group's block of M."""
+    m2 = m2.to(w.dtype)
+    groups = m2.shape[0] // w.shape[1]
+    if groups == 1:
+        return torch.tensordot(w, m2, dims=([1], [0])).movedim(-1, 1)
+    per = w.shape[1]
+    blocks = torch.stack([m2[g * per:(g + 1) * per, g * per:(g + 1) * per] for g in range(groups)])
+    wg = w.reshape(groups, w.shape[0] // groups, per, -1)  # (group, outputs, inputs, kernel)
+    return torch.einsum("goik,gij->gojk", wg, blocks).reshape(w.shape)

@@ -7,6 +7,7 @@ inputs; REPAIR needs each unit's mean and std. All stream over batches
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -20,9 +21,12 @@ from ..spec.permutation_spec import PermutationSpec
 from ..zoo.models import example_input as zoo_example_input
 
 
-def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """(samples, units): every position other than the unit axis is a sample (conv: space; RNN: steps)."""
-    return t.movedim(axis, -1).reshape(-1, t.shape[axis]).double()
+def as_samples(t: torch.Tensor, axis: int | tuple[int, ...]) -> torch.Tensor:
+    """(samples, units): every position other than the unit axis is a sample (conv: space; RNN: steps).
+    Several axes (attention: heads, then the order within them) make one unit axis, the first outermost."""
+    axes = tuple(a % t.dim() for a in ((axis,) if isinstance(axis, int) else axis))
+    units = math.prod(t.shape[a] for a in axes)
+    return t.movedim(axes, tuple(range(t.dim() - len(axes), t.dim()))).reshape(-1, units).double()
 
 
 class CrossMoments:
@@ -40,12 +44,16 @@ class CrossMoments:
         self.sbb = self.sbb + (b * b).sum(0)
         self.sab = self.sab + a.T @ b
 
-    def correlation(self, eps: float = 1e-8) -> torch.Tensor:
+    def correlation(self, rel_eps: float = 1e-6) -> torch.Tensor:
+        """Pearson correlations; a unit whose std is below rel_eps times its layer's largest (constant on
+        the data: a dead ReLU) correlates with nothing (0), whatever the scale of the activations."""
         ma, mb = self.sa / self.n, self.sb / self.n
         cov = self.sab / self.n - ma[:, None] * mb[None, :]
         sa = (self.saa / self.n - ma ** 2).clamp_min(0).sqrt()
         sb = (self.sbb / self.n - mb ** 2).clamp_min(0).sqrt()
-        return cov / (sa[:, None] * sb[None, :] + eps)
+        sa = torch.where(sa > rel_eps * sa.max(), sa, torch.full_like(sa, float("inf")))
+        sb = torch.where(sb > rel_eps * sb.max(), sb, torch.full_like(sb, float("inf")))
+        return cov / (sa[:, None] * sb[None, :])
 
 
 @torch.no_grad()
@@ -64,7 +72,7 @@ def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 50
             if (i, len(x)) not in taps:
                 taps[(i, len(x))] = trace.tap(m, names, len(x))
             values = dict(zip(names, taps[(i, len(x))](x)))
-            out.append({(n, ax): as_samples(values[n], ax % values[n].dim()) for n, ax in points})
+            out.append({(n, ax): as_samples(values[n], ax) for n, ax in points})
         yield out
 
 
@@ -100,6 +108,24 @@ def unit_correlations(ref: nn.Module, model: nn.Module, trace,
         out[g] = sum(stats[p].correlation() for p in main) + TIE_BREAK * sum(
             (stats[p].correlation() for p in nodes if p not in main), torch.zeros(()))
     return out
+
+
+def block_correlations(ref: nn.Module, model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]],
+                       outer: str, inner: str, sizes: tuple[int, int], data, limit: int = 5000,
+                       batch_size: int = 500) -> torch.Tensor | None:
+    """S[i, j, c, d]: the correlation of unit c inside outer unit i of `ref` with unit d inside outer unit j
+    of `model` (attention: head i's dimension c), summed over the nodes that carry both groups; None when
+    no node does. `sizes`: (outer units, inner units)."""
+    outer_axis = dict(taps.get(outer, []))
+    joint = [(n, (outer_axis[n], ax)) for n, ax in taps.get(inner, []) if n in outer_axis]
+    if not joint:
+        return None
+    stats = {p: CrossMoments() for p in joint}
+    for a, b in tapped_samples([ref, model], trace, joint, data, limit, batch_size):
+        for p in joint:
+            stats[p].update(a[p], b[p])
+    n, m = sizes
+    return sum(stats[p].correlation() for p in joint).reshape(n, m, n, m).permute(0, 2, 1, 3)
 
 
 def unit_activations(model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]], data,
