@@ -186,3 +186,16 @@ def test_dirichlet_small_alpha_is_skewed():
     def skew(ps):  # mean over clients of the share of the client's most common class
         return np.mean([torch.bincount(p.targets).max().item() / max(len(p), 1) for p in ps if len(p)])
     assert skew(parts) > 2 * skew(iid)
+
+
+def test_keyword_inputs_are_batched_as_dicts():
+    """An encoder-decoder's data: a dict of equal-length tensors, or an iterable of such dicts."""
+    from modefuse.zoo.batching import batches, first_inputs
+    ids = torch.arange(50).reshape(25, 2)
+    data = {"input_ids": ids, "decoder_input_ids": ids + 100}
+    got = list(batches(data, batch_size=10, limit=23))
+    assert [len(x["input_ids"]) for x, y in got] == [10, 10, 3] and all(y is None for _, y in got)
+    assert torch.equal(torch.cat([x["decoder_input_ids"] for x, _ in got]), ids[:23] + 100)
+    assert torch.equal(first_inputs([data])["input_ids"], ids[:2])
+    with pytest.raises(ValueError, match="different numbers of examples"):
+        list(batches({"input_ids": ids, "decoder_input_ids": ids[:3]}))

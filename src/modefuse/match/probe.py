@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..zoo.batching import first_inputs, batches
+from ..zoo.batching import first_inputs, batches, rows
 from ..errors import ModefuseError
 from ..spec.infer import infer_spec
 from ..spec.trace import trace_of
@@ -69,9 +69,10 @@ def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 50
     for x, _ in batches(data, batch_size, device=device, limit=limit):
         out = []
         for i, m in enumerate(models):
-            if (i, len(x)) not in taps:
-                taps[(i, len(x))] = trace.tap(m, names, len(x))
-            values = dict(zip(names, taps[(i, len(x))](x)))
+            n = rows(x)
+            if (i, n) not in taps:
+                taps[(i, n)] = trace.tap(m, names, n)
+            values = dict(zip(names, taps[(i, n)](x)))
             out.append({(n, ax): as_samples(values[n], ax) for n, ax in points})
         yield out
 

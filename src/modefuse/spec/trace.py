@@ -114,9 +114,19 @@ class Trace:
             else:
                 raise SpecInferenceError(f"cannot tap a graph with a {kind} input")
 
+        names = list(self.kwargs)  # keyword inputs come after the positional ones, in the traced order
+
         def run(x):
             args = list(fixed_args)
-            for i, v in zip(user, x if isinstance(x, tuple) else (x,)):
+            if isinstance(x, dict):
+                missing = [k for k in names if k not in x]
+                if missing:
+                    raise SpecInferenceError(f"the data lacks the keyword input {missing[0]!r} the model was "
+                                             f"traced with (it has {', '.join(x)})")
+                values = [x[k] for k in names]
+            else:
+                values = x if isinstance(x, tuple) else (x,)
+            for i, v in zip(user, values):
                 args[i] = v
             return gm(*args)
 

@@ -3,7 +3,9 @@
 Accepted everywhere modefuse takes `data`: a `modefuse.data.ImageDataset`
 (sliced directly: no per-example Python calls), any map-style Dataset, a
 DataLoader or other iterable of `(x, y)` batches, an `(x, y)` pair of tensors,
-or a tensor of inputs alone (targets are then `None`).
+or a tensor of inputs alone (targets are then `None`). Models that take keyword inputs
+(encoder-decoders: `input_ids`, `decoder_input_ids`) take a dict of equal-length tensors, or
+an iterable of such dicts, as inputs (targets `None`; the keys the model was traced with are read).
 """
 from __future__ import annotations
 
@@ -25,13 +27,23 @@ def batches(data, batch_size: int = 500, shuffle: bool = False, generator: torch
         if limit is not None:
             if seen >= limit:
                 return
-            if seen + len(x) > limit:
-                x, y = x[: limit - seen], (None if y is None else y[: limit - seen])
-        seen += len(x)
+            if seen + rows(x) > limit:
+                x, y = _head(x, limit - seen), (None if y is None else y[: limit - seen])
+        seen += rows(x)
         if device is not None:
-            x = x.to(device, non_blocking=True)
+            x = {k: v.to(device, non_blocking=True) for k, v in x.items()} if isinstance(x, dict) else \
+                x.to(device, non_blocking=True)
             y = None if y is None else y.to(device, non_blocking=True)
         yield x, y
+
+
+def rows(x) -> int:
+    """Examples in a batch of inputs (a tensor, or a dict of keyword inputs)."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def _head(x, n: int):
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
 
 
 def _raw_batches(data, batch_size, shuffle, generator) -> Iterator[Batch]:
@@ -41,6 +53,15 @@ def _raw_batches(data, batch_size, shuffle, generator) -> Iterator[Batch]:
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
             yield data.images[idx].float().div_(255), data.targets[idx]
+    elif isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        n = {len(v) for v in data.values()}
+        if len(n) != 1:
+            raise ValueError(f"the keyword inputs have different numbers of examples: "
+                             f"{ {k: len(v) for k, v in data.items()} }")
+        order = torch.randperm(n.pop(), generator=generator) if shuffle else torch.arange(len(next(iter(
+            data.values()))))
+        for i in range(0, len(order), batch_size):
+            yield {k: v[order[i:i + batch_size]] for k, v in data.items()}, None
     elif isinstance(data, torch.Tensor):
         order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
         for i in range(0, len(data), batch_size):
@@ -60,7 +81,7 @@ def _raw_batches(data, batch_size, shuffle, generator) -> Iterator[Batch]:
 
 def _unpack(loader) -> Iterator[Batch]:
     for item in loader:
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, (torch.Tensor, dict)):
             yield item, None
         else:
             yield item[0], item[1]
