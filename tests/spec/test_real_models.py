@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import modefuse as mf
-from modefuse.spec.transport import random_perms
+from modefuse.spec.transport import invert, random_perms
 
 T = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e '.[test]'")
 
@@ -142,6 +142,31 @@ def test_methods_that_read_data_undo_a_planted_permutation_on_real_models(name):
         res = mf.align(model, permuted, method=method, data=data, example_input=x, spec=spec)
         for k, v in res.model.state_dict().items():
             assert torch.equal(v, state[k]), (method, k)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_model_fused_with_its_permuted_copy_comes_back(name):
+    """Fusion of every real model with a shuffled copy of itself gives the model back, and the couplings
+    map the target's units onto the copy's own (attention: the copy is first aligned by the heads and the
+    order inside them, then coupled group by group)."""
+    build, x, outputs, _ = MODELS[name]
+    torch.manual_seed(0)
+    model = _randomize(build())
+    spec = mf.infer_spec(model, x, outputs=outputs)
+    planted = random_perms(spec, seed=0)
+    permuted = copy.deepcopy(model)
+    permuted.load_state_dict(mf.permute(model.state_dict(), spec, planted))
+    g = torch.Generator().manual_seed(5)
+    data = {k: torch.randint(0, 100, (64, 10), generator=g) for k in x} if isinstance(x, dict) else (
+        torch.randint(0, 100, (64, 10), generator=g) if x[0].dtype == torch.long
+        else torch.rand(64, *x[0].shape[1:], generator=g))
+    out = _out(model, x)
+    for method, cost in (("wasserstein", "weight"), ("otfusion", "activation")):
+        fus = mf.fuse([model, permuted], method=method, cost=cost, data=data, example_input=x, spec=spec)
+        err = (_out(fus.model, x) - out).abs().max() / out.abs().max()
+        assert err < 1e-5, (method, cost, float(err))
+        for grp, plans in fus.couplings.items():
+            assert torch.equal(plans[1].argmax(1), invert(planted[grp])), (method, cost, grp)
 
 
 def test_attention_heads_move_as_blocks_with_qk_and_vo_permutations_of_their_own():

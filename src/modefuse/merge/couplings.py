@@ -80,6 +80,10 @@ class Fuser:
             changes.append(change)
             if change < tol or not self.incomplete:
                 break  # without forward references one sweep is exact: each group sees its final inputs
+        stuck = [g for g in self.groups if any(pi is None for pi in self.couplings[g])]
+        if stuck:
+            raise ModefuseError(f"group {stuck[0]!r} was never coupled: every tensor holding its units waits for "
+                                f"another group's coupling; use cost='activation', or raise max_sweeps")
         return changes
 
     def fit_group(self, g: str, max_steps: int, tol: float = 1e-7) -> float:
@@ -101,6 +105,9 @@ class Fuser:
             # model 0 is coupled too when the target is the barycenter or model 0 in another width
             movable = list(range(k)) if free or not same_width else list(range(1, k))
             entries = self.entries(g, movable)
+            if self.acts is None and not entries:  # coupled in a later sweep, once its inputs are
+                self.done.add(g)
+                return 1.0
             target = self.target_features(g, entries, free)
             new = list(self.couplings[g])
             if 0 not in movable:
@@ -141,7 +148,7 @@ class Fuser:
         other axes are not yet coupled for every `movable` model waits for a later sweep."""
         if self.acts is not None:
             return []
-        spec, state, out = self.specs[0], self.states[0], []
+        spec, state, out, waiting = self.specs[0], self.states[0], [], False
         for key, axis in spec.groups[g]:
             t = state[key]
             if not t.is_floating_point() or (spec.is_input(key, axis, t.dim()) and not self.outgoing):
@@ -151,7 +158,7 @@ class Fuser:
             if recurrent and not self.method.recurrent:
                 continue
             if any(self.couplings[h][i] is None for _, h in others if h != g for i in movable):
-                self.incomplete = True
+                self.incomplete = waiting = True
                 continue
             # groups sharing this axis (attention heads, the order within them): applied once coupled
             beside = [(a, h) for a, h in self.axes[0][key] if a == axis and h != g]
@@ -160,9 +167,9 @@ class Fuser:
             others += [(a, h) for a, h in beside if all(self.couplings[h][i] is not None for i in movable)]
             self.incomplete |= any(h not in self.done and h != g for _, h in others)
             out.append(_Entry(key, axis, others, self.alpha_h if recurrent else 1.0, recurrent))
-        if not out:
+        if not out and not waiting:
             raise ModefuseError(f"group {g!r} has no incoming weights to compare its units by; use cost='activation'")
-        return out
+        return out  # empty: every tensor waits for a group coupled later in this sweep
 
     def features(self, g: str, i: int, entries: list[_Entry], own: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Model i's units of `g` as feature rows, one block per entry (activations: one block): the

@@ -28,6 +28,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     F_i[j']||^2 (features F: a unit's transported incoming weights, or its activations), and the fused
     weights are the barycenter sum_i lambda_i n pi_i W_i (OTFusion, Singh & Jaggi 2020; Wasserstein
     barycenter fusion, Akash et al. 2023). "average" mixes the weights as they are, sum_i lambda_i W_i.
+    Models with attention heads are first aligned to model 0 (weight or activation matching, as `cost`),
+    which solves the heads with the order inside them; `couplings` still map onto each model's own units.
 
     Parameters
     ----------

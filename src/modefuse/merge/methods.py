@@ -18,9 +18,12 @@ from torch import nn
 from ..errors import ArchitectureMismatchError, ModefuseError
 from ..registry import Registry, first_line
 from ..checks import positive_int
+from ..match.align import align
+from ..match.blockmatch import inner_groups
 from ..match.probe import example_for, taps, unit_activations
 from ..spec.infer import infer_spec
 from ..spec.permutation_spec import PermutationSpec
+from ..spec.transport import invert
 from ..storage.statedict import check_same_architecture
 from ..zoo import models as zoo
 from .couplings import CouplingRule, Fuser, mix_tensors
@@ -162,6 +165,7 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     else:
         specs = [_given_spec(p.spec, s, p.states[0]) for s in p.states]
     _check_compatible(p.states, specs)
+    models, states, moved = _align_heads(p, specs, x)
     sizes = _target_sizes(specs[0], p.widths)
     if not rule.free_target and sizes != specs[0].sizes:
         raise ModefuseError(f"{name} keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
@@ -171,14 +175,34 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
         for m, sp in zip(models, specs):
             unit_nodes, trace = taps(sp, m, x, data)
             acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit))
-    fuser = Fuser(specs, p.states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
+    fuser = Fuser(specs, states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
     changes = fuser.run(p.max_sweeps, p.tol, p.progress, desc=f"fusing ({name})")
     fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
     if sizes == specs[0].sizes:
         target_spec = specs[0]
     else:
         target_spec = infer_spec(fused, x) if p.spec is None else replace(p.spec, sizes={}).check(fused.state_dict())
-    return Fusion(fused, fuser.couplings, target_spec, name, changes)
+    couplings = {g: [pi if perms is None else pi[:, invert(perms[g])] for pi, perms in zip(plans, moved)]
+                 for g, plans in fuser.couplings.items()}  # onto the models' own units
+    return Fusion(fused, couplings, target_spec, name, changes)
+
+
+def _align_heads(p: FusionProblem, specs, x) -> tuple[list[nn.Module], list, list]:
+    """Models with attention heads, aligned to model 0 first (weight or activation matching, which solve the
+    heads with the order inside them; the coupling loop takes one group at a time): (models, states, the
+    permutation applied to each, None where none was). Other models are left as they are."""
+    k, spec = len(p.models), specs[0]
+    if k < 2 or not any(inner_groups(spec, g) for g in spec.groups) or any(
+            sp.sizes != spec.sizes for sp in specs[1:]):
+        return list(p.models), list(p.states), [None] * k
+    method = "activation" if p.cost == "activation" else "weight"
+    models, states, moved = [p.models[0]], [p.states[0]], [None]
+    for m in p.models[1:]:
+        res = align(p.models[0], m, method=method, data=p.data, example_input=x, spec=spec, limit=p.limit)
+        models.append(res.model)
+        states.append(res.model.state_dict())
+        moved.append(res.perms)
+    return models, states, moved
 
 
 def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
