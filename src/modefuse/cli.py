@@ -458,8 +458,9 @@ def cmd_curve(args) -> int:
 def _federate_args(p):
     p.add_argument("--clients", type=T.positive_int, default=10, help="simulated clients (default 10)")
     p.add_argument("--rounds", type=T.positive_int, default=5, help="federated rounds (default 5)")
-    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein"],
-                   help="server aggregation: average (FedAvg), otfusion or wasserstein (default)")
+    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein", "heterofl"],
+                   help="server aggregation: average (FedAvg), otfusion, wasserstein (default), or heterofl "
+                        "(averaging the shared slices of clients of smaller widths)")
     p.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet", "labels"],
                    help="how the training set is dealt to the clients (default dirichlet)")
     p.add_argument("--alpha", type=T.positive_float, default=0.5, help="Dirichlet concentration (default 0.5)")
@@ -487,8 +488,10 @@ def _federate_args(p):
 def cmd_federate(args) -> int:
     if args.classes and args.split != "labels":
         raise UsageError("--classes is the number of classes per client of --split labels")
-    if args.client_widths and args.method != "wasserstein":
-        raise UsageError("--client-widths needs --method wasserstein (the only fusion across widths)")
+    if args.client_widths and args.method not in ("wasserstein", "heterofl"):
+        raise UsageError("--client-widths needs --method wasserstein or heterofl (the aggregations across widths)")
+    if args.method == "heterofl" and any(c > w for ws in args.client_widths or [] for c, w in zip(ws, args.widths)):
+        raise UsageError("--method heterofl takes clients no wider than the server (--client-widths <= --widths)")
     if any(len(w) != len(args.widths) for w in args.client_widths or []):
         raise UsageError("every --client-widths must have as many layers as --widths")
     from .zoo.data import load
@@ -500,7 +503,8 @@ def cmd_federate(args) -> int:
     s = Settings(model=args.model, model_kwargs={"widths": args.widths},
                  client_kwargs=[{"widths": w} for w in args.client_widths or []], split=args.split,
                  alpha=args.alpha, label_classes=args.classes or 0, seed=args.seed, local_epochs=args.local_epochs,
-                 lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
+                 lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir,
+                 width_mode="slice" if args.method == "heterofl" else "fuse")
     history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair)
     result = {"accuracy": history.accuracy, "loss": history.loss, "left_out": history.left_out}
     if args.json:

@@ -70,6 +70,23 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in():
         assert torch.equal(_state(again)[k], v), k
 
 
+def test_heterofl_averages_the_slices_the_clients_share():
+    """The HeteroFL baseline: a smaller client holds the leading units of every layer; each entry is the
+    example-weighted mean over the clients holding it, the rest are the larger client's."""
+    big, small = _mlp(0, (24, 12)), _mlp(1, (12, 6))
+    strategy = FedFusion(_mlp(9), method="heterofl")
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, big, 100), _reply(2, small, 300),
+                                             _reply(3, _mlp(2, (32, 12)), 50)])
+    st, b, sm = _state(arrays), big.state_dict(), small.state_dict()
+    for k, v in b.items():
+        sl = tuple(slice(0, n) for n in sm[k].shape)
+        expected = v.clone()
+        expected[sl] = (100 * v[sl].double() + 300 * sm[k].double()).div(400).float()
+        assert torch.allclose(st[k], expected, atol=1e-7), k
+    assert not torch.equal(st["layers.2.weight"][:, :6], b["layers.2.weight"][:, :6])
+    assert "no wider than the server" in strategy.left_out[1][0]  # the 32-unit client
+
+
 def test_averaging_through_the_strategy_equals_flowers_own_fedavg():
     models, sizes = [_mlp(s) for s in range(3)], [50, 150, 300]
     ours, _ = FedFusion(_mlp(9), method="average").aggregate_train(1, [_reply(i + 1, m, n) for i, (m, n) in
@@ -134,6 +151,6 @@ def test_fed_fusion_experiment_writes_its_tables_and_figure(tmp_path):
     reproduce("fed-fusion", "tiny", out=out, progress=False)
     res = json.loads((out / "results.json").read_text())
     assert [t["title"].split(" (")[0] for t in res["tables"]] == ["One-shot federated fusion", "Over rounds",
-                                                                 "One round with K clients"]
+                                                                 "Clients of two widths", "One round with K clients"]
     assert set(res["results"]["one_shot"]) == {"dirichlet", "labels"}
     assert (out / "accuracy_per_round.png").read_bytes()[:4] == b"\x89PNG"

@@ -38,6 +38,7 @@ def fed_fusion(ctx: Run) -> None:
     test = ctx.data("test")
     _one_shot(ctx, test)
     _over_rounds(ctx, test)
+    _heterogeneous(ctx)
     _scale(ctx)
 
 
@@ -103,6 +104,30 @@ def _over_rounds(ctx: Run, test) -> None:
     fig.tight_layout()
     save_figure(fig, ctx.figure("accuracy_per_round.png"))
 
+
+
+def _heterogeneous(ctx: Run) -> None:
+    """Clients of two widths (half the server's, half of half its units), a common initialization: FedWB
+    fuses them into the server's width and sends each its WB projection; HeteroFL (Diao et al. 2021) averages
+    the slices they share and sends each the leading units."""
+    from ..federated.flower import simulate
+    s = ctx.settings
+    small = [max(1, w // 2) for w in s["widths"]]
+    rows, res = [], {}
+    for label, method, mode in (("FedWB", "wasserstein", "fuse"), ("HeteroFL", "heterofl", "slice")):
+        h = simulate(_settings(ctx, split="dirichlet", client_kwargs=[{"widths": s["widths"]}, {"widths": small}],
+                               width_mode=mode), method=method, rounds=s["rounds"], num_clients=s["clients"])
+        res[label] = {"accuracy": h.accuracy, "seconds": h.seconds}
+        rounds = sorted(r for r in h.accuracy if r)
+        fusion = sum(v.get("fusion", 0) for v in h.seconds.values()) / max(1, len(h.seconds))
+        rows.append([label] + [h.accuracy[r] for r in rounds] + [fusion])
+        ctx.log(f"heterogeneous {label}: " + ", ".join(f"{100 * h.accuracy[r]:.1f}%" for r in rounds))
+    ctx.results["heterogeneous"] = res
+    widths = "-".join(map(str, s["widths"]))
+    ctx.table(f"Clients of two widths ({s['clients']} clients, half {widths}, half {'-'.join(map(str, small))}; "
+              f"server {widths}; dirichlet {s['alpha']}, common initialization, one local epoch per round)",
+              ["method"] + [f"accuracy after round {r}" for r in range(1, s["rounds"] + 1)] + ["fusion s per round"],
+              rows)
 
 
 def _scale(ctx: Run) -> None:

@@ -42,7 +42,8 @@ from ..storage.statedict import check_finite, check_same_architecture
 from ..zoo.recipe import Recipe
 from ..zoo.training import evaluate, train
 
-METHODS = ("average", "otfusion", "wasserstein")
+METHODS = ("average", "otfusion", "wasserstein", "heterofl")
+ACROSS_WIDTHS = ("wasserstein", "heterofl")  # the methods that take clients of other widths than the server's
 
 
 def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -56,7 +57,9 @@ class FedFusion(FedAvg):
     """FedAvg's round loop with `mf.fuse` as the aggregation.
 
     template: a model of the server's architecture (the fused model's); method: "average",
-    "otfusion" or "wasserstein"; cost: fusion cost ("weight", or "activation" with `data`); data:
+    "otfusion", "wasserstein" (clients of any widths, fused into the server's), or "heterofl" (the
+    baseline for clients of smaller widths: each holds the leading units of every layer, and every entry
+    is averaged over the clients holding it; Diao et al. 2021); cost: fusion cost ("weight", or "activation" with `data`); data:
     a server-side batch of inputs (activation cost, REPAIR); repair: REPAIR the fused model on `data`.
     Other keyword arguments go to Flower's FedAvg (fraction_train, min_train_nodes, ...).
     """
@@ -72,6 +75,7 @@ class FedFusion(FedAvg):
         self.left_out: dict[int, list[str]] = {}  # round -> why each left-out reply was left out
         self.received: tuple[list[nn.Module], list[float]] = ([], [])  # the last round's client models, weights
         self.seconds: dict[int, dict[str, float]] = {}  # round -> {"fusion": ..., "clients": ...}
+        self.current: dict[str, torch.Tensor] | None = None  # the global model of the round (sent to clients)
 
     def client_model(self, msg: Message) -> tuple[nn.Module, float]:
         """The model a reply carries and its weight (examples trained on); ModefuseError if it is not one.
@@ -93,8 +97,13 @@ class FedFusion(FedAvg):
         check_same_architecture(model.state_dict(), state, "the architecture the client declared",
                                 "the client's arrays")
         check_finite(state, "the client's model")
-        if self.method != "wasserstein":
+        if self.method not in ACROSS_WIDTHS:
             check_same_architecture(self.template.state_dict(), state, "the server's model", "the client's model")
+        if self.method == "heterofl":
+            wider = [k for k, v in self.template.state_dict().items()
+                     if k not in state or any(a > b for a, b in zip(state[k].shape, v.shape))]
+            if wider:
+                raise ModefuseError(f"HeteroFL takes clients no wider than the server: tensor {wider[0]!r}")
         model.load_state_dict(state)
         metrics = list(content.metric_records.values())
         n = float(metrics[0].get(self.weighted_by_key, 1.0)) if metrics else 1.0
@@ -128,9 +137,19 @@ class FedFusion(FedAvg):
         metrics = self.train_metrics_aggr_fn([m.content for m in kept], self.weighted_by_key)
         return ArrayRecord(fused.state_dict()), metrics
 
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid):
+        """FedAvg's, remembering the global model sent (HeteroFL keeps its entries no client holds)."""
+        self.current = arrays.to_torch_state_dict()
+        return super().configure_train(server_round, arrays, config, grid)
+
     def fuse(self, models: list[nn.Module], weights: list[float]) -> nn.Module:
         """The server's model from the clients' (in the server's architecture)."""
         target = self.template.state_dict()
+        if self.method == "heterofl":
+            model = _fresh(self.template)
+            model.load_state_dict(_slice_average([m.state_dict() for m in models], weights,
+                                                 self.current or target))
+            return model
         same = all(m.state_dict()[k].shape == t.shape for m in models for k, t in target.items())
         if self.method == "average" or len(models) == 1:
             if not same:
@@ -145,6 +164,23 @@ class FedFusion(FedAvg):
             return repair(fus.model, models, self.data, weights=[w / sum(weights) for w in weights],
                           couplings=fus.couplings)
         return fus.model
+
+
+def _slice_average(states: list[dict[str, torch.Tensor]], weights: list[float],
+                   current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HeteroFL's aggregate (Diao et al. 2021): a client of smaller width holds the leading slice of every
+    tensor; each entry of the server's model is the weighted mean over the clients holding it, and keeps its
+    current value where none does."""
+    out = {}
+    for k, cur in current.items():
+        acc = torch.zeros(cur.shape, dtype=torch.float64)
+        mass = torch.zeros(cur.shape, dtype=torch.float64)
+        for w, st in zip(weights, states):
+            sl = tuple(slice(0, n) for n in st[k].shape)
+            acc[sl] += w * st[k].double()
+            mass[sl] += w
+        out[k] = torch.where(mass > 0, acc / mass.clamp_min(1e-300), cur.double()).to(cur.dtype)
+    return out
 
 
 def _client_order(msg: Message) -> tuple[int, int]:
@@ -194,6 +230,7 @@ class Settings:
     split: str = "dirichlet"
     alpha: float = 0.5
     label_classes: int = 0  # label split: classes per client (0: disjoint label sets)
+    width_mode: str = "fuse"  # a client of another width gets the server's model: "fuse" (WB) or "slice" (HeteroFL)
     seed: int = 0
     local_epochs: int = 1
     lr: float = 1e-3
@@ -297,10 +334,13 @@ def _instruction_timing(msg: Message, started: float) -> dict[str, float]:
 
 def _to_width(state: dict[str, torch.Tensor], model: nn.Module, s: Settings, data) -> dict[str, torch.Tensor]:
     """The server's model in this client's widths: itself when they agree, else its Wasserstein
-    projection onto the client's widths (`mf.fuse` of one model into other widths)."""
+    projection onto the client's widths (`mf.fuse` of one model into other widths), or with
+    `width_mode="slice"` (HeteroFL) its leading units."""
     mine = model.state_dict()
     if all(k in state and state[k].shape == v.shape for k, v in mine.items()):
         return state
+    if s.width_mode == "slice":  # HeteroFL: the leading units of every layer
+        return {k: state[k][tuple(slice(0, n) for n in v.shape)].clone() for k, v in mine.items()}
     server = zoo.build_for(s.model, data, seed=s.seed, **s.model_kwargs)
     server.load_state_dict(state)
     widths = [mine[k].shape[0] for k in _width_keys(model)]
