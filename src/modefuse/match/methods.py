@@ -17,7 +17,7 @@ from ..errors import ModefuseError
 from ..registry import Registry, first_line
 from ..spec.permutation_spec import PermutationSpec
 from .blockmatch import block_step, inner_groups
-from .probe import block_correlations, input_second_moments, taps, unit_correlations
+from .probe import block_correlations, cross_moments, input_second_moments, joint_points, taps, unit_correlations
 from .solvers import assignment
 from .weight_matching import weight_matching
 
@@ -97,19 +97,21 @@ def activation(p: AlignProblem) -> tuple[Perms, list[float]]:
     (`blockmatch.block_step`): the score of pairing head i with head j is the best matching of their
     dimensions' correlations, then each inner order is solved for the chosen heads."""
     unit_nodes, trace = taps(p.spec, p.reference, p.example_input, p.data)
-    corr = unit_correlations(p.reference, p.model, trace, unit_nodes, p.data, limit=p.limit)
+    inner = {g: inner_groups(p.spec, g) for g in p.spec.groups}
+    joint = {(g, h): joint_points(unit_nodes, g, h) for g, hs in inner.items() for h in hs}
+    points = {q for nodes in unit_nodes.values() for q in nodes} | {q for js in joint.values() for q in js}
+    stats = cross_moments(p.reference, p.model, trace, points, p.data, limit=p.limit)  # one pass over the data
+    corr = unit_correlations(stats, trace, unit_nodes)
     missing = [g for g in p.spec.groups if g not in corr]
     if missing:
         raise ModefuseError(f"no activations carry group {missing[0]!r}; align it by weights or pass a spec")
     perms = {g: assignment(corr[g]) for g in p.spec.groups}
-    for g in p.spec.groups:
-        inner = inner_groups(p.spec, g)
-        scores = {h: block_correlations(p.reference, p.model, trace, unit_nodes, g, h,
-                                        (p.spec.sizes[g], p.spec.sizes[h]), p.data, limit=p.limit) for h in inner}
-        if scores and all(s is not None for s in scores.values()):
+    for g, hs in inner.items():
+        if hs and all(joint[(g, h)] for h in hs):
             n = p.spec.sizes[g]
+            scores = {h: block_correlations(stats, joint[(g, h)], (n, p.spec.sizes[h])) for h in hs}
             _, perms[g], inner_perms = block_step(torch.zeros(n, n, dtype=torch.float64), scores, perms[g],
-                                                  {h: perms[h] for h in inner})
+                                                  {h: perms[h] for h in hs})
             perms.update(inner_perms)
     return perms, []
 

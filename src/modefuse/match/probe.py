@@ -62,7 +62,7 @@ def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 50
     """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
     unit axis) pairs of the models' exported graph (`trace`: the `trace.Trace`, `trace.trace_of(spec)`). A node
     may be read at several axes (attention: heads and the order within them)."""
-    points = sorted(set(points))
+    points = sorted(set(points), key=str)  # an axis may be a tuple (several axes read as one)
     names = sorted({n for n, _ in points})
     taps: dict[tuple[int, int], object] = {}
     device = next(models[0].parameters()).device
@@ -84,22 +84,27 @@ def _points(taps: dict[str, list[tuple[str, int]]]) -> set[tuple[str, int]]:
 TIE_BREAK = 1e-6  # weight of the other nodes carrying a group: they only order units dead on the data
 
 
-def unit_correlations(ref: nn.Module, model: nn.Module, trace,
-                      taps: dict[str, list[tuple[str, int]]], data, limit: int = 5000,
-                      batch_size: int = 500) -> dict[str, torch.Tensor]:
+def cross_moments(ref: nn.Module, model: nn.Module, trace, points, data, limit: int = 5000,
+                  batch_size: int = 500) -> dict:
+    """Running moments between the two models' units at every point, in one pass over `data`."""
+    points = set(points)
+    stats = {p: CrossMoments() for p in points}
+    for a, b in tapped_samples([ref, model], trace, points, data, limit, batch_size):
+        for p in points:
+            stats[p].update(a[p], b[p])
+    return stats
+
+
+def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]]) -> dict[str, torch.Tensor]:
     """Per group, the correlation matrix (ref units x model units) where the next layers read the units.
 
     Tatro et al. (2020) correlate a layer's outputs after the nonlinearity, which is what the next layer
     reads: the group's nodes that are a linear or convolution layer's input (summed when several are).
     The group's other nodes (pre-activations, normalized copies) add TIE_BREAK times their correlation,
     which only orders units the data never moves (dead ReLUs, whose correlations are all zero). A group
-    no layer reads (recurrent states) sums every node that carries it.
+    no layer reads (recurrent states) sums every node that carries it. `stats`: `cross_moments` at the
+    points of `taps`.
     """
-    points = _points(taps)
-    stats = {p: CrossMoments() for p in points}
-    for a, b in tapped_samples([ref, model], trace, points, data, limit, batch_size):
-        for p in points:
-            stats[p].update(a[p], b[p])
     read = {la.input for la in trace.layers()}
     out = {}
     for g, nodes in taps.items():
@@ -111,20 +116,17 @@ def unit_correlations(ref: nn.Module, model: nn.Module, trace,
     return out
 
 
-def block_correlations(ref: nn.Module, model: nn.Module, trace, taps: dict[str, list[tuple[str, int]]],
-                       outer: str, inner: str, sizes: tuple[int, int], data, limit: int = 5000,
-                       batch_size: int = 500) -> torch.Tensor | None:
-    """S[i, j, c, d]: the correlation of unit c inside outer unit i of `ref` with unit d inside outer unit j
-    of `model` (attention: head i's dimension c), summed over the nodes that carry both groups; None when
-    no node does. `sizes`: (outer units, inner units)."""
+def joint_points(taps: dict[str, list[tuple[str, int]]], outer: str, inner: str) -> list:
+    """The points reading both groups' units as one axis, outer first (attention: heads, then the order
+    within them): the nodes that carry both."""
     outer_axis = dict(taps.get(outer, []))
-    joint = [(n, (outer_axis[n], ax)) for n, ax in taps.get(inner, []) if n in outer_axis]
-    if not joint:
-        return None
-    stats = {p: CrossMoments() for p in joint}
-    for a, b in tapped_samples([ref, model], trace, joint, data, limit, batch_size):
-        for p in joint:
-            stats[p].update(a[p], b[p])
+    return [(n, (outer_axis[n], ax)) for n, ax in taps.get(inner, []) if n in outer_axis]
+
+
+def block_correlations(stats: dict, joint: list, sizes: tuple[int, int]) -> torch.Tensor:
+    """S[i, j, c, d]: the correlation of unit c inside outer unit i of the reference with unit d inside outer
+    unit j of the model (attention: head i's dimension c), summed over the `joint` points (`joint_points`,
+    read by `cross_moments`). `sizes`: (outer units, inner units)."""
     n, m = sizes
     return sum(stats[p].correlation() for p in joint).reshape(n, m, n, m).permute(0, 2, 1, 3)
 
