@@ -503,8 +503,7 @@ def cmd_federate(args) -> int:
     s = Settings(model=args.model, model_kwargs={"widths": args.widths},
                  client_kwargs=[{"widths": w} for w in args.client_widths or []], split=args.split,
                  alpha=args.alpha, label_classes=args.classes or 0, seed=args.seed, local_epochs=args.local_epochs,
-                 lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir,
-                 width_mode="slice" if args.method == "heterofl" else "fuse")
+                 lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
     history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair)
     result = {"accuracy": history.accuracy, "loss": history.loss, "left_out": history.left_out}
     if args.json:

@@ -87,6 +87,24 @@ def test_heterofl_averages_the_slices_the_clients_share():
     assert "no wider than the server" in strategy.left_out[1][0]  # the 32-unit client
 
 
+def test_the_server_tells_clients_how_to_take_its_model_in_their_width():
+    """HeteroFL's clients take the leading units ("slice"), FedWB's its WB projection ("fuse")."""
+    from modefuse.federated.flower import _to_width
+
+    class Grid:  # the part of Flower's Grid that sampling reads
+        def get_node_ids(self):
+            return [1, 2]
+    server = _mlp(0, (24, 12))
+    for method, mode in (("heterofl", "slice"), ("wasserstein", "fuse")):
+        msgs = list(FedFusion(_mlp(9), method=method).configure_train(1, ArrayRecord(server.state_dict()),
+                                                                      ConfigRecord(), Grid()))
+        assert [m.content["config"]["width-mode"] for m in msgs] == [mode, mode]
+    small = _mlp(1, (12, 6))
+    sliced = _to_width(server.state_dict(), small, Settings(), None, "slice")
+    assert torch.equal(sliced["layers.1.weight"], server.state_dict()["layers.1.weight"][:6, :12])
+    assert torch.equal(sliced["layers.2.weight"], server.state_dict()["layers.2.weight"][:, :6])
+
+
 def test_averaging_through_the_strategy_equals_flowers_own_fedavg():
     models, sizes = [_mlp(s) for s in range(3)], [50, 150, 300]
     ours, _ = FedFusion(_mlp(9), method="average").aggregate_train(1, [_reply(i + 1, m, n) for i, (m, n) in

@@ -114,9 +114,9 @@ def _heterogeneous(ctx: Run) -> None:
     s = ctx.settings
     small = [max(1, w // 2) for w in s["widths"]]
     rows, res = [], {}
-    for label, method, mode in (("FedWB", "wasserstein", "fuse"), ("HeteroFL", "heterofl", "slice")):
-        h = simulate(_settings(ctx, split="dirichlet", client_kwargs=[{"widths": s["widths"]}, {"widths": small}],
-                               width_mode=mode), method=method, rounds=s["rounds"], num_clients=s["clients"])
+    for label, method in (("FedWB", "wasserstein"), ("HeteroFL", "heterofl")):
+        h = simulate(_settings(ctx, split="dirichlet", client_kwargs=[{"widths": s["widths"]}, {"widths": small}]),
+                     method=method, rounds=s["rounds"], num_clients=s["clients"])
         res[label] = {"accuracy": h.accuracy, "seconds": h.seconds}
         rounds = sorted(r for r in h.accuracy if r)
         fusion = sum(v.get("fusion", 0) for v in h.seconds.values()) / max(1, len(h.seconds))

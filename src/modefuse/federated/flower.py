@@ -138,8 +138,10 @@ class FedFusion(FedAvg):
         return ArrayRecord(fused.state_dict()), metrics
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid):
-        """FedAvg's, remembering the global model sent (HeteroFL keeps its entries no client holds)."""
+        """FedAvg's, remembering the global model sent (HeteroFL keeps its entries no client holds) and
+        telling clients of other widths how to take it: "slice" (HeteroFL) or "fuse" (its WB projection)."""
         self.current = arrays.to_torch_state_dict()
+        config["width-mode"] = "slice" if self.method == "heterofl" else "fuse"
         return super().configure_train(server_round, arrays, config, grid)
 
     def fuse(self, models: list[nn.Module], weights: list[float]) -> nn.Module:
@@ -176,11 +178,16 @@ def _slice_average(states: list[dict[str, torch.Tensor]], weights: list[float],
         acc = torch.zeros(cur.shape, dtype=torch.float64)
         mass = torch.zeros(cur.shape, dtype=torch.float64)
         for w, st in zip(weights, states):
-            sl = tuple(slice(0, n) for n in st[k].shape)
+            sl = _leading(st[k].shape)
             acc[sl] += w * st[k].double()
             mass[sl] += w
         out[k] = torch.where(mass > 0, acc / mass.clamp_min(1e-300), cur.double()).to(cur.dtype)
     return out
+
+
+def _leading(shape) -> tuple[slice, ...]:
+    """The leading slice of a larger tensor that a tensor of `shape` occupies (HeteroFL's nested widths)."""
+    return tuple(slice(0, n) for n in shape)
 
 
 def _client_order(msg: Message) -> tuple[int, int]:
@@ -230,7 +237,6 @@ class Settings:
     split: str = "dirichlet"
     alpha: float = 0.5
     label_classes: int = 0  # label split: classes per client (0: disjoint label sets)
-    width_mode: str = "fuse"  # a client of another width gets the server's model: "fuse" (WB) or "slice" (HeteroFL)
     seed: int = 0
     local_epochs: int = 1
     lr: float = 1e-3
@@ -296,7 +302,8 @@ def client_app(settings: Settings | None = None) -> ClientApp:
         model = zoo.build_for(s.model, shard, seed=s.seed + pid if s.independent_init else s.seed, **kwargs)
         incoming = msg.content["arrays"].to_torch_state_dict()
         if not (s.independent_init and server_round == 1):
-            model.load_state_dict(_to_width(incoming, model, s, shard))
+            model.load_state_dict(_to_width(incoming, model, s, shard,
+                                             str(msg.content["config"].get("width-mode", "fuse"))))
         t0 = time.perf_counter()
         hist = train(model, shard, s.local_recipe(server_round, pid), progress=False)
         seconds = time.perf_counter() - t0
@@ -332,15 +339,16 @@ def _instruction_timing(msg: Message, started: float) -> dict[str, float]:
     return {"queued-seconds": delivered - msg.metadata.created_at, "receive-seconds": started - delivered}
 
 
-def _to_width(state: dict[str, torch.Tensor], model: nn.Module, s: Settings, data) -> dict[str, torch.Tensor]:
+def _to_width(state: dict[str, torch.Tensor], model: nn.Module, s: Settings, data,
+              mode: str = "fuse") -> dict[str, torch.Tensor]:
     """The server's model in this client's widths: itself when they agree, else its Wasserstein
     projection onto the client's widths (`mf.fuse` of one model into other widths), or with
-    `width_mode="slice"` (HeteroFL) its leading units."""
+    `mode="slice"` (HeteroFL, as the server's instruction says) its leading units."""
     mine = model.state_dict()
     if all(k in state and state[k].shape == v.shape for k, v in mine.items()):
         return state
-    if s.width_mode == "slice":  # HeteroFL: the leading units of every layer
-        return {k: state[k][tuple(slice(0, n) for n in v.shape)].clone() for k, v in mine.items()}
+    if mode == "slice":  # HeteroFL: the leading units of every layer
+        return {k: state[k][_leading(v.shape)].clone() for k, v in mine.items()}
     server = zoo.build_for(s.model, data, seed=s.seed, **s.model_kwargs)
     server.load_state_dict(state)
     widths = [mine[k].shape[0] for k in _width_keys(model)]

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..zoo.batching import first_inputs, batches, rows
+from ..zoo.batching import batches, first_inputs, on_device, rows
 from ..errors import ModefuseError
 from ..spec.infer import infer_spec
 from ..spec.trace import trace_of
@@ -195,17 +195,7 @@ def example_for(model: nn.Module, example_input=None, data=None):
         if x is None:
             raise ModefuseError("pass example_input= (one batch of inputs) so that the model can be traced")
     p = next(model.parameters(), None)
-    return x if p is None else _on(x, p.device)
-
-
-def _on(x, device: torch.device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, tuple):
-        return tuple(_on(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _on(v, device) for k, v in x.items()}
-    return x
+    return x if p is None else on_device(x, p.device)
 
 
 def taps(spec: PermutationSpec, model: nn.Module, example_input, data):

@@ -31,10 +31,19 @@ def batches(data, batch_size: int = 500, shuffle: bool = False, generator: torch
                 x, y = _head(x, limit - seen), (None if y is None else y[: limit - seen])
         seen += rows(x)
         if device is not None:
-            x = {k: v.to(device, non_blocking=True) for k, v in x.items()} if isinstance(x, dict) else \
-                x.to(device, non_blocking=True)
-            y = None if y is None else y.to(device, non_blocking=True)
+            x, y = on_device(x, device), on_device(y, device)
         yield x, y
+
+
+def on_device(x, device):
+    """Inputs on `device`: a tensor, or the tensors of a tuple or dict of keyword inputs (others as they are)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, tuple):
+        return tuple(on_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: on_device(v, device) for k, v in x.items()}
+    return x
 
 
 def rows(x) -> int:
