@@ -77,3 +77,12 @@ def mlp200_s1(fmnist_train, zoo_dir):
     """A 200-100-50 MLP (2 epochs of Adam, seed 1): half the width of `mlp400_six`."""
     return trained(zoo_dir / "mlp200_s1.safetensors", "mlp", fmnist_train, seed=1, epochs=2, progress=False,
                    model_kwargs={"widths": [200, 100, 50]})
+
+
+@pytest.fixture(scope="session")
+def label_split_pair(fmnist_train, zoo_dir):
+    """Two 400-200-100 MLPs (2 epochs of Adam, seeds 0 and 1), each trained on five of the ten classes (the
+    label split of wb-hetero)."""
+    halves = mf.data.split(fmnist_train, 2, mode="labels", seed=0)
+    return [trained(zoo_dir / f"labels{i}.safetensors", "mlp", h, seed=i, epochs=2, progress=False,
+                    model_kwargs={"widths": [400, 200, 100], "num_classes": 10}) for i, h in enumerate(halves)]

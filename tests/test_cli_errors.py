@@ -137,7 +137,7 @@ CASES = [
     ("fuse A B --eps -1 --out OUT", 2, "--eps must be a positive number, got -1.0"),
     ("fuse A B --eps 0 --out OUT", 2, "--eps must be a positive number"),
     ("fuse A B --finetune -1 --out OUT", 2, "--finetune must be a non-negative integer"),
-    ("fuse A B --method average --width 16,16 --out OUT", 2, "--width needs --method wasserstein or gromov"),
+    ("fuse A B --method average --width 16,16 --out OUT", 2, "--width needs --method wasserstein, gromov or zipit"),
     ("fuse A B --method barycenter --out OUT", 2, "invalid choice: 'barycenter'"),
     ("fuse A B --out B", 2, "B.safetensors is one of the input checkpoints"),
     ("fuse A B --plot-couplings PNG --out PNG", 2, "name the same file"),

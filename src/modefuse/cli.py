@@ -181,10 +181,12 @@ def _needs_data(method: str) -> bool:
     return get_aligner(method).needs_data
 
 
-def _fuser_aligns(method: str) -> bool:
-    """Whether fusion method `method` matches units first (vanilla averaging does not: no data needed)."""
+def _fuser_reads_data(method: str, cost: str) -> bool:
+    """Whether fusion method `method` reads training data: it always does (RegMean, ZipIt!), or it matches
+    units first and `cost` is the activation cost (vanilla averaging reads none)."""
     from .merge.methods import get_fuser
-    return get_fuser(method).aligns
+    fuser = get_fuser(method)
+    return fuser.needs_data or (cost == "activation" and fuser.aligns)
 
 
 def _folders(*paths) -> bool:
@@ -286,10 +288,11 @@ def cmd_interpolate(args) -> int:
 
 def _fuse_args(p):
     p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to fuse (the first is model 0)")
-    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein", "gromov"])
+    p.add_argument("--method", default="wasserstein",
+                   choices=["average", "otfusion", "wasserstein", "gromov", "regmean", "zipit"])
     p.add_argument("--width", type=T.positive_int_list,
                    help="target width per group, comma separated in the order of the spec's groups "
-                        "(e.g. 300,150,75 for an MLP; wasserstein and gromov only); default: model 0's")
+                        "(e.g. 300,150,75 for an MLP; wasserstein, gromov and zipit); default: model 0's")
     p.add_argument("--weights", type=T.nonneg_float_list,
                    help="model weights lambda_i, one per checkpoint, comma separated (default uniform)")
     p.add_argument("--eps", type=T.positive_float, help="Sinkhorn regularization (relative); default exact OT")
@@ -316,8 +319,9 @@ def _fuse_args(p):
 def cmd_fuse(args) -> int:
     import modefuse as mf
     widths, weights = args.width, args.weights
-    if widths and args.method in ("average", "otfusion"):
-        raise UsageError(f"--width needs --method wasserstein or gromov ({args.method} keeps model 0's widths)")
+    if widths and args.method in ("average", "otfusion", "regmean"):
+        raise UsageError(f"--width needs --method wasserstein, gromov or zipit ({args.method} keeps model 0's "
+                         f"widths)")
     if weights is not None:
         if len(weights) != len(args.checkpoints):
             raise UsageError(f"--weights has {len(weights)} value(s) for {len(args.checkpoints)} checkpoint(s); "
@@ -325,9 +329,10 @@ def cmd_fuse(args) -> int:
         if sum(weights) <= 0:
             raise UsageError("--weights must have a positive sum")
     if _folders(*args.checkpoints):
-        if args.finetune or args.repair or args.cost == "activation" or args.plot_couplings:
+        if args.finetune or args.repair or _fuser_reads_data(args.method, args.cost) or args.plot_couplings:
             raise UsageError("folders are fused from their weights alone here: --finetune, --repair, --cost "
-                             "activation and --plot-couplings need data the model takes; use mf.fuse")
+                             "activation, --method regmean or zipit and --plot-couplings need data the model "
+                             "takes; use mf.fuse")
         if args.spec:
             raise UsageError("--spec with folders: load the models (from_pretrained) and use mf.fuse(models, spec=...)")
         _check_out(args.out, folder=True)
@@ -342,7 +347,7 @@ def cmd_fuse(args) -> int:
     args.cost = args.cost or "activation"
     models = [mf.load(c) for c in args.checkpoints]
     test = _load_data(args, "test", models[0])
-    needs_train = args.finetune or args.repair or (args.cost == "activation" and _fuser_aligns(args.method))
+    needs_train = args.finetune or args.repair or _fuser_reads_data(args.method, args.cost)
     train = _load_data(args, "train", models[0]) if needs_train else None
     fus = mf.fuse(models, method=args.method, weights=weights, widths=widths, eps=args.eps, cost=args.cost,
                   outgoing=args.outgoing, data=train, progress=True, spec=_read_spec(args.spec))
@@ -458,8 +463,10 @@ def cmd_curve(args) -> int:
 def _federate_args(p):
     p.add_argument("--clients", type=T.positive_int, default=10, help="simulated clients (default 10)")
     p.add_argument("--rounds", type=T.positive_int, default=5, help="federated rounds (default 5)")
-    p.add_argument("--method", default="wasserstein", choices=["average", "otfusion", "wasserstein", "heterofl"],
-                   help="server aggregation: average (FedAvg), otfusion, wasserstein (default), or heterofl "
+    p.add_argument("--method", default="wasserstein",
+                   choices=["average", "otfusion", "wasserstein", "regmean", "zipit", "heterofl"],
+                   help="server aggregation: average (FedAvg), otfusion, wasserstein (default), regmean or zipit "
+                        "(both read the clients' models on 1,000 training images on the server), or heterofl "
                         "(averaging the shared slices of clients of smaller widths)")
     p.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet", "labels"],
                    help="how the training set is dealt to the clients (default dirichlet)")

@@ -45,12 +45,15 @@ def _state(arrays: ArrayRecord):
     return arrays.to_torch_state_dict()
 
 
-def test_the_strategys_aggregate_is_mf_fuse_of_the_client_models_weighted_by_examples():
+@pytest.mark.parametrize("method", ["wasserstein", "regmean", "zipit"])
+def test_the_strategys_aggregate_is_mf_fuse_of_the_client_models_weighted_by_examples(method):
     models, sizes = [_mlp(s) for s in range(3)], [100, 300, 200]
     replies = [_reply(i + 1, m, n) for i, (m, n) in enumerate(zip(models, sizes))]
-    strategy = FedFusion(_mlp(9), method="wasserstein")
+    batch = torch.rand(64, 1, 28, 28)  # the server's batch, for the methods that read the models on data
+    data = batch if method in ("regmean", "zipit") else None
+    strategy = FedFusion(_mlp(9), method=method, data=data)
     arrays, metrics = strategy.aggregate_train(1, replies)
-    expected = mf.fuse(models, method="wasserstein", cost="weight", weights=sizes, progress=False).model
+    expected = mf.fuse(models, method=method, cost="weight", weights=sizes, data=data, progress=False).model
     for k, v in expected.state_dict().items():
         assert torch.equal(_state(arrays)[k], v), k
     assert metrics["train_loss"] == pytest.approx((100 * 0.1 + 300 * 0.2 + 200 * 0.3) / 600)

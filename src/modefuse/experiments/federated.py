@@ -14,7 +14,9 @@ LABEL = {"average": "FedAvg", "otfusion": "FedOTFusion", "wasserstein": "FedWB"}
 ONE_SHOT = (("FedAvg", "average", {}), ("FedOTFusion", "otfusion", {}), ("FedWB", "wasserstein", {}),
             ("FedOTFusion, activation cost", "otfusion", {"cost": "activation"}),
             ("FedWB, activation cost", "wasserstein", {"cost": "activation"}),
-            ("FedWB + REPAIR", "wasserstein", {"repair": True}))
+            ("FedWB + REPAIR", "wasserstein", {"repair": True}),
+            ("FedRegMean + REPAIR", "regmean", {"repair": True}),
+            ("FedZipIt + REPAIR", "zipit", {"repair": True}))
 
 
 def _settings(ctx: Run, **kw):

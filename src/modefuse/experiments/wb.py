@@ -26,14 +26,17 @@ def _finetuned(model, train_data, s: dict, seed: int = 0) -> float:
     return m
 
 
-# (row label, fuse arguments): the paper's weight cost, with outgoing weights, and the activation cost
+# (row label, fuse arguments): the paper's weight cost, with outgoing weights, the activation cost, and
+# beyond the papers: RegMean after alignment, ZipIt!
 VARIANTS = (("average", {"method": "average"}),
             ("otfusion, weight cost (paper)", {"method": "otfusion", "cost": "weight", "outgoing": False}),
             ("wasserstein, weight cost (paper)", {"method": "wasserstein", "cost": "weight", "outgoing": False}),
             ("otfusion, in+out weights", {"method": "otfusion", "cost": "weight", "outgoing": True}),
             ("wasserstein, in+out weights", {"method": "wasserstein", "cost": "weight", "outgoing": True}),
             ("otfusion, activation cost", {"method": "otfusion", "cost": "activation"}),
-            ("wasserstein, activation cost", {"method": "wasserstein", "cost": "activation"}))
+            ("wasserstein, activation cost", {"method": "wasserstein", "cost": "activation"}),
+            ("regmean, aligned by activations", {"method": "regmean", "cost": "activation"}),
+            ("zipit", {"method": "zipit"}))
 HEADER = ["model", "test accuracy", "accuracy + REPAIR", "accuracy after fine-tuning"]
 
 

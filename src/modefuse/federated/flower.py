@@ -42,7 +42,8 @@ from ..storage.statedict import check_finite, check_same_architecture
 from ..zoo.recipe import Recipe
 from ..zoo.training import evaluate, train
 
-METHODS = ("average", "otfusion", "wasserstein", "heterofl")
+METHODS = ("average", "otfusion", "wasserstein", "regmean", "zipit", "heterofl")
+READS_DATA = ("regmean", "zipit")  # methods that read the models on the server's batch whatever the cost
 ACROSS_WIDTHS = ("wasserstein", "heterofl")  # the methods that take clients of other widths than the server's
 
 
@@ -57,7 +58,8 @@ class FedFusion(FedAvg):
     """FedAvg's round loop with `mf.fuse` as the aggregation.
 
     template: a model of the server's architecture (the fused model's); method: "average",
-    "otfusion", "wasserstein" (clients of any widths, fused into the server's), or "heterofl" (the
+    "otfusion", "wasserstein" (clients of any widths, fused into the server's), "regmean" or "zipit"
+    (RegMean after alignment, ZipIt!; both read the clients' models on `data`), or "heterofl" (the
     baseline for clients of smaller widths: each holds the leading units of every layer, and every entry
     is averaged over the clients holding it; Diao et al. 2021); cost: fusion cost ("weight", or "activation" with `data`); data:
     a server-side batch of inputs (activation cost, REPAIR); repair: REPAIR the fused model on `data`.
@@ -69,8 +71,9 @@ class FedFusion(FedAvg):
         super().__init__(**kwargs)
         if method not in METHODS:
             raise ModefuseError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
-        if (repair or cost == "activation") and data is None:
-            raise ModefuseError("REPAIR and the activation cost need a server-side batch: pass data=")
+        if (repair or cost == "activation" or method in READS_DATA) and data is None:
+            raise ModefuseError(f"REPAIR, the activation cost and {' and '.join(READS_DATA)} need a server-side "
+                                f"batch: pass data=")
         self.template, self.method, self.cost, self.data, self.repair = template, method, cost, data, repair
         self.left_out: dict[int, list[str]] = {}  # round -> why each left-out reply was left out
         self.received: tuple[list[nn.Module], list[float]] = ([], [])  # the last round's client models, weights
@@ -372,7 +375,8 @@ def serve(grid: Grid, s: Settings, method: str, rounds: int, num_clients: int, h
     """The server's work: `FedFusion` for `rounds` rounds, the global model tested after each."""
     test = _data(s, "test")
     template = zoo.build_for(s.model, test, seed=s.seed, **s.model_kwargs)
-    server_batch = _data(s, "train").subset(range(1000)) if (repair or cost == "activation") else None
+    server_batch = (_data(s, "train").subset(range(1000))
+                    if repair or cost == "activation" or method in READS_DATA else None)
     strategy = FedFusion(template, method=method, cost=cost, data=server_batch, repair=repair,
                          fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
                          min_available_nodes=num_clients)

@@ -3,12 +3,13 @@
 Activation matching needs the cross-correlation of two models' units;
 covariance-weighted weight matching needs the second moment of each layer's
 inputs; REPAIR needs each unit's mean and std. All stream over batches
-(`tapped_samples`), so memory does not grow with the data.
+(`tapped_values`), so memory does not grow with the data. RegMean needs the Gram
+matrix of each layer's inputs (`input_grams`).
 """
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -57,13 +58,11 @@ class CrossMoments:
 
 
 @torch.no_grad()
-def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
-                   batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
-    """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
-    unit axis) pairs of the models' exported graph (`trace`: the `trace.Trace`, `trace.trace_of(spec)`). A node
-    may be read at several axes (attention: heads and the order within them)."""
-    points = sorted(set(points), key=str)  # an axis may be a tuple (several axes read as one)
-    names = sorted({n for n, _ in points})
+def tapped_values(models: list[nn.Module], trace, names, data, limit: int = 5000,
+                  batch_size: int = 500) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Per batch of `data`, for each model: {node name: its value} at the named nodes of the models'
+    exported graph (`trace`: the `trace.Trace`, `trace.trace_of(spec)`)."""
+    names = sorted(set(names))
     taps: dict[tuple[int, int], object] = {}
     device = next(models[0].parameters()).device
     for x, _ in batches(data, batch_size, device=device, limit=limit):
@@ -72,9 +71,17 @@ def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 50
             n = rows(x)
             if (i, n) not in taps:
                 taps[(i, n)] = trace.tap(m, names, n)
-            values = dict(zip(names, taps[(i, n)](x)))
-            out.append({(n, ax): as_samples(values[n], ax) for n, ax in points})
+            out.append(dict(zip(names, taps[(i, n)](x))))
         yield out
+
+
+def tapped_samples(models: list[nn.Module], trace, points, data, limit: int = 5000,
+                   batch_size: int = 500) -> Iterator[list[dict[tuple[str, int], torch.Tensor]]]:
+    """Per batch of `data`, for each model: {(node, axis): (samples, units)} at `points`, (node name,
+    unit axis) pairs. A node may be read at several axes (attention: heads and the order within them)."""
+    points = sorted(set(points), key=str)  # an axis may be a tuple (several axes read as one)
+    for values in tapped_values(models, trace, {n for n, _ in points}, data, limit, batch_size):
+        yield [{(n, ax): as_samples(v[n], ax) for n, ax in points} for v in values]
 
 
 def _points(taps: dict[str, list[tuple[str, int]]]) -> set[tuple[str, int]]:
@@ -170,17 +177,22 @@ def input_second_moments(model: nn.Module, trace, data, limit: int = 5000,
 
     Linear: over input features; conv: over input channels, positions as samples.
     """
-    inputs, axes = {}, {}
-    for key, node_name, axis in trace.layer_inputs():
-        inputs[key] = node_name
-        axes[node_name] = axis
+    inputs = {key: (node, lambda v, a=axis: as_samples(v, a)) for key, node, axis in trace.layer_inputs()}
+    return input_grams(model, trace, inputs, data, limit, batch_size)
+
+
+def input_grams(model: nn.Module, trace, inputs: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]],
+                data, limit: int = 5000, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """E[r r^T] over the rows r = rows_of(x) of node x, per key of `inputs` (key -> (node, rows_of)):
+    the second moments a layer's weights act on (features, channels, or unfolded patches)."""
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-    for (samples,) in tapped_samples([model], trace, axes.items(), data, limit, batch_size):
-        for (k, _), v in samples.items():
-            sums[k] = sums.get(k, 0) + v.T @ v
-            count[k] = count.get(k, 0) + len(v)
-    return {layer: sums[name] / count[name] for layer, name in inputs.items()}
+    for (values,) in tapped_values([model], trace, {n for n, _ in inputs.values()}, data, limit, batch_size):
+        for key, (node, rows_of) in inputs.items():
+            r = rows_of(values[node]).double()
+            sums[key] = sums.get(key, 0) + r.T @ r
+            count[key] = count.get(key, 0) + len(r)
+    return {key: sums[key] / count[key] for key in inputs}
 
 
 def example_for(model: nn.Module, example_input=None, data=None):

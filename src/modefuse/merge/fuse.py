@@ -12,6 +12,7 @@ from ..checks import nonneg_float, positive_float, positive_int
 from ..errors import ModefuseError
 from ..storage.statedict import check_finite
 from ..spec.permutation_spec import PermutationSpec
+from . import regmean as _regmean, zipit as _zipit  # noqa: F401 (register "regmean", "zipit")
 from .methods import Fusion, FusionProblem, get_fuser
 
 COSTS = ("auto", "weight", "activation")
@@ -20,8 +21,8 @@ COSTS = ("auto", "weight", "activation")
 def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequence[float] | None = None,
          widths: Mapping[str, int] | Sequence[int] | None = None, data=None, example_input=None,
          eps: float | None = None, max_sweeps: int = 20, tol: float = 1e-7, alpha_h: float = 1.0,
-         cost: str = "auto", outgoing: bool = True, limit: int = 500, progress: bool = False,
-         spec: PermutationSpec | None = None, iters: int | None = None) -> Fusion:
+         cost: str = "auto", outgoing: bool = True, limit: int | None = None, progress: bool = False,
+         spec: PermutationSpec | None = None, offdiag_scale: float = 1.0, iters: int | None = None) -> Fusion:
     """Fuse `models` (same architecture; widths may differ for "wasserstein"/"gromov") into one.
 
     Each group's units are coupled to the target's by optimal transport on C[j, j'] = ||F_target[j] -
@@ -38,7 +39,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     method : str
         "average" (no alignment), "otfusion" (model 0 stays the target), "wasserstein" (a free
         barycenter, any width), "gromov" (as "wasserstein", with recurrent layers' hidden-to-hidden
-        matrices in the cost), or a method registered with `register_fuser`.
+        matrices in the cost), "regmean" (aligned to model 0, then each layer the least-squares fit of
+        the models' outputs on their inputs; needs `data`), or a method registered with `register_fuser`.
     weights : sequence of float, optional
         lambda_i, non-negative with a positive sum, normalized to sum to 1 (default uniform).
     widths : dict or sequence of int, optional
@@ -66,13 +68,18 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
         The weight cost also compares each unit's outgoing weights (the next layer's columns,
         transported by that layer's coupling of the previous sweep); better on every MLP and LSTM of
         REPORT.md, so on by default; False is the papers' cost.
-    limit : int
-        Examples of `data` read by the activation cost.
+    limit : int, optional
+        Examples of `data` read: by the activation cost and by activation matching (default 500), by
+        "zipit" (2000) and by "regmean" for its alignment and Gram matrices (5000: one cheap pass per model;
+        four MLPs fuse 0.7 points better than on 500).
     progress : bool
         A progress bar over the sweeps.
     spec : PermutationSpec, optional
         A permutation spec to use instead of inferring one (hand-written for a model export cannot
         trace, or edited); models of other widths take it with their own sizes.
+    offdiag_scale : float
+        "regmean": the factor a in [0, 1] on the off-diagonal entries of each layer's input Gram matrix
+        (Jin et al. 2023; 1 keeps the exact least-squares fit, smaller moves it towards averaging).
     iters : int, optional
         The old name of `max_sweeps` (deprecated: it warns).
 
@@ -93,9 +100,17 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
         warnings.warn("fuse(iters=) is now fuse(max_sweeps=) (the old name goes in the next release)",
                       DeprecationWarning, stacklevel=2)
         max_sweeps = iters
-    max_sweeps, limit = positive_int(max_sweeps, "max_sweeps"), positive_int(limit, "limit")
+    max_sweeps = positive_int(max_sweeps, "max_sweeps")
+    limit = None if limit is None else positive_int(limit, "limit")
     tol = nonneg_float(tol, "tol")
     alpha_h = nonneg_float(alpha_h, "alpha_h")
+    offdiag_scale = nonneg_float(offdiag_scale, "offdiag_scale")
+    if offdiag_scale > 1:
+        raise ModefuseError(f"offdiag_scale scales the Gram matrices' off-diagonal entries: a number in [0, 1], "
+                            f"got {offdiag_scale}")
+    if fuser.needs_data and data is None:
+        raise ModefuseError(f"method {method!r} reads the models' activations on data: pass data= (training "
+                            f"examples; labels are not used)")
     if cost == "activation" and data is None:
         raise ModefuseError("cost='activation' compares units by their activations: pass data= (training examples)")
     if cost == "auto":
@@ -105,7 +120,7 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     for i, s in enumerate(states):
         check_finite(s, f"model {i}")
     return fuser.run(FusionProblem(models, states, lam, widths, data, example_input, eps, max_sweeps, tol, alpha_h,
-                                   cost, outgoing, limit, progress, spec))
+                                   offdiag_scale, cost, outgoing, limit, progress, spec))
 
 
 def _weights(weights, k: int) -> list[float]:

@@ -65,6 +65,9 @@ class Fusion:
         return self.coupling_changes
 
 
+ACTIVATION_LIMIT = 500  # examples read by the activation cost and activation matching
+
+
 @dataclass(frozen=True)
 class FusionProblem:
     """What every fusion method is given: the models, their checked states and weights, and the options."""
@@ -79,9 +82,10 @@ class FusionProblem:
     max_sweeps: int = 20
     tol: float = 1e-7
     alpha_h: float = 1.0
+    offdiag_scale: float = 1.0
     cost: str = "weight"
     outgoing: bool = True
-    limit: int = 500
+    limit: int | None = None  # None: each use's default (ACTIVATION_LIMIT)
     progress: bool = False
     spec: PermutationSpec | None = None  # a given spec (hand-written, edited) instead of inferring one
 
@@ -92,12 +96,13 @@ class FusionMethod:
     run: Callable[[FusionProblem], Fusion]
     summary: str
     aligns: bool  # whether it matches units before mixing (vanilla averaging does not)
+    needs_data: bool = False  # whether it reads the models' activations whatever the cost
 
 
 FUSERS: Registry[FusionMethod] = Registry("fusion method")
 
 
-def register_fuser(name: str, summary: str = "", aligns: bool = True):
+def register_fuser(name: str, summary: str = "", aligns: bool = True, needs_data: bool = False):
     """Decorator: `fn(problem) -> Fusion` becomes fusion method `name` of `mf.fuse`.
 
     Adds a method without touching `fuse`: `fuse(models, method=name)` checks the options and the
@@ -113,13 +118,15 @@ def register_fuser(name: str, summary: str = "", aligns: bool = True):
     aligns : bool
         The method matches the models' units before mixing them (the contract tests then ask it to fuse
         permuted copies back; the command line loads training data for its activation cost).
+    needs_data : bool
+        The method reads activations or input statistics whatever the cost: `fuse` asks for `data`.
 
     Returns
     -------
     callable
         The decorator; it registers `fn` and returns it unchanged.
     """
-    return FUSERS.register(name, lambda fn: FusionMethod(name, fn, summary or first_line(fn), aligns))
+    return FUSERS.register(name, lambda fn: FusionMethod(name, fn, summary or first_line(fn), aligns, needs_data))
 
 
 def get_fuser(name: str) -> FusionMethod:
@@ -158,13 +165,8 @@ def gromov(p: FusionProblem) -> Fusion:
 def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     """The loop every transport-based method shares: specs, couplings group by group under `rule`, the
     fused state accumulated one tensor at a time."""
-    models, data = p.models, p.data
-    x = example_for(models[0], p.example_input, data) if p.spec is None or p.cost == "activation" else None
-    if p.spec is None:
-        specs = [infer_spec(m, example_for(m, p.example_input, data) if i else x) for i, m in enumerate(models)]
-    else:
-        specs = [_given_spec(p.spec, s, p.states[0]) for s in p.states]
-    _check_compatible(p.states, specs)
+    data = p.data
+    x, specs = problem_specs(p, need_example=p.cost == "activation")
     models, states, moved = _align_heads(p, specs, x)
     sizes = _target_sizes(specs[0], p.widths)
     if not rule.free_target and sizes != specs[0].sizes:
@@ -174,7 +176,7 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
         acts = []
         for m, sp in zip(models, specs):
             unit_nodes, trace = taps(sp, m, x, data)
-            acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit))
+            acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit or ACTIVATION_LIMIT))
     fuser = Fuser(specs, states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
     changes = fuser.run(p.max_sweeps, p.tol, p.progress, desc=f"fusing ({name})")
     fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
@@ -187,18 +189,39 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     return Fusion(fused, couplings, target_spec, name, changes)
 
 
+def problem_specs(p: FusionProblem, need_example: bool) -> tuple[object, list[PermutationSpec]]:
+    """(an example input for model 0, or None when neither tracing nor `need_example` asks for one; each
+    model's spec, inferred or the given one), the models checked to be of one architecture."""
+    x = example_for(p.models[0], p.example_input, p.data) if p.spec is None or need_example else None
+    if p.spec is None:
+        specs = [infer_spec(m, example_for(m, p.example_input, p.data) if i else x) for i, m in enumerate(p.models)]
+    else:
+        specs = [_given_spec(p.spec, s, p.states[0]) for s in p.states]
+    _check_compatible(p.states, specs)
+    return x, specs
+
+
 def _align_heads(p: FusionProblem, specs, x) -> tuple[list[nn.Module], list, list]:
     """Models with attention heads, aligned to model 0 first (weight or activation matching, which solve the
     heads with the order inside them; the coupling loop takes one group at a time): (models, states, the
     permutation applied to each, None where none was). Other models are left as they are."""
+    if not any(inner_groups(specs[0], g) for g in specs[0].groups):
+        return list(p.models), list(p.states), [None] * len(p.models)
+    return align_to_first(p, specs, x)
+
+
+def align_to_first(p: FusionProblem, specs, x, limit: int | None = None) -> tuple[list[nn.Module], list, list]:
+    """Every model aligned to model 0 by weight or activation matching (as `p.cost`; activations on `limit`
+    examples, default `p.limit` or ACTIVATION_LIMIT), models of model 0's widths only: (models, states, the
+    permutation applied to each, None for model 0)."""
     k, spec = len(p.models), specs[0]
-    if k < 2 or not any(inner_groups(spec, g) for g in spec.groups) or any(
-            sp.sizes != spec.sizes for sp in specs[1:]):
+    if k < 2 or any(sp.sizes != spec.sizes for sp in specs[1:]):
         return list(p.models), list(p.states), [None] * k
     method = "activation" if p.cost == "activation" else "weight"
     models, states, moved = [p.models[0]], [p.states[0]], [None]
     for m in p.models[1:]:
-        res = align(p.models[0], m, method=method, data=p.data, example_input=x, spec=spec, limit=p.limit)
+        res = align(p.models[0], m, method=method, data=p.data, example_input=x, spec=spec,
+                    limit=limit or p.limit or ACTIVATION_LIMIT)
         models.append(res.model)
         states.append(res.model.state_dict())
         moved.append(res.perms)

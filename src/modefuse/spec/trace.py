@@ -149,6 +149,15 @@ class Trace:
                                  1 if kind == "conv" else -1, 1 if kind == "addmm" else 0, kind))
         return out
 
+    def node(self, name: str) -> fx.Node:
+        """The graph node named `name`."""
+        return next(n for n in self.program.graph.nodes if n.name == name)
+
+    def uses(self, key: str) -> int:
+        """How many graph nodes read the parameter `key` (a tied weight is read by several)."""
+        params = self.program.graph_signature.inputs_to_parameters
+        return sum(len(n.users) for n in self.program.graph.nodes if params.get(n.name) == key)
+
     def layer_inputs(self) -> list[tuple[str, str, int]]:
         """(weight key, input node name, the input's unit axis) of every linear and convolution layer."""
         return [(la.weight, la.input, la.axis) for la in self.layers() if la.kind in ("linear", "conv")]
@@ -178,6 +187,26 @@ def _layer_kind(node) -> str | None:
     if packet is torch.ops.aten.addmm:
         return "addmm"
     return None
+
+
+def conv_geometry(node, spatial: int) -> tuple[tuple, tuple, tuple, int] | None:
+    """(stride, padding, dilation, groups) of a convolution node with `spatial` spatial dims, each a tuple;
+    None where a layer's input patches cannot be read as unfold does (string padding, transposed)."""
+    packet = node.target.overloadpacket
+    if packet is torch.ops.aten.convolution:
+        stride, padding, dilation, transposed, _, groups = node.args[3:9]
+        if transposed:
+            return None
+    else:
+        names = ("stride", "padding", "dilation", "groups")
+        given = dict(zip(names, node.args[3:]), **node.kwargs)
+        stride, padding, dilation, groups = (given.get(k, d) for k, d in zip(names, (1, 0, 1, 1)))
+    if isinstance(padding, str):
+        return None
+
+    def full(v):
+        return tuple(v) * (spatial if len(tuple(v)) == 1 else 1) if isinstance(v, (list, tuple)) else (v,) * spatial
+    return full(stride), full(padding), full(dilation), int(groups)
 
 
 def _opt(node, i):
