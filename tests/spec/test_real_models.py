@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import modefuse as mf
+from modefuse.match.blockmatch import inner_groups
 from modefuse.spec.transport import invert, random_perms
 
 T = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e '.[test]'")
@@ -161,7 +162,14 @@ def test_a_model_fused_with_its_permuted_copy_comes_back(name):
         torch.randint(0, 100, (64, 10), generator=g) if x[0].dtype == torch.long
         else torch.rand(64, *x[0].shape[1:], generator=g))
     out = _out(model, x)
-    for method, cost in (("wasserstein", "weight"), ("otfusion", "activation")):
+    attention = any(inner_groups(spec, grp) for grp in spec.groups)
+    methods = [("wasserstein", "weight"), ("otfusion", "activation"), ("regmean", "activation")]
+    if attention:  # ZipIt! merges units one at a time, which heads are not: it says so
+        with pytest.raises(mf.ModefuseError, match="zipit does not merge attention heads"):
+            mf.fuse([model, permuted], method="zipit", data=data, example_input=x, spec=spec)
+    else:
+        methods.append(("zipit", "activation"))
+    for method, cost in methods:
         fus = mf.fuse([model, permuted], method=method, cost=cost, data=data, example_input=x, spec=spec)
         err = (_out(fus.model, x) - out).abs().max() / out.abs().max()
         assert err < 1e-5, (method, cost, float(err))

@@ -31,19 +31,35 @@ def as_samples(t: torch.Tensor, axis: int | tuple[int, ...]) -> torch.Tensor:
 
 
 class CrossMoments:
-    """Running sums for the correlation between the units of two models."""
+    """Running sums for the correlation between the units of two models.
+
+    The sums are of values less their first batch's mean (a shift, added back to the means): units whose
+    mean is large against their spread (exp(dt * A) in a state-space layer) keep their correlations to
+    full precision, where raw second moments would cancel.
+    """
 
     def __init__(self):
         self.n = 0
         self.sa = self.sb = self.saa = self.sbb = self.sab = 0.0
+        self.shift_a = self.shift_b = None
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.shift_a is None:
+            self.shift_a, self.shift_b = a.mean(0), b.mean(0)
+        a, b = a - self.shift_a, b - self.shift_b
         self.n += len(a)
         self.sa = self.sa + a.sum(0)
         self.sb = self.sb + b.sum(0)
         self.saa = self.saa + (a * a).sum(0)
         self.sbb = self.sbb + (b * b).sum(0)
         self.sab = self.sab + a.T @ b
+
+    def constant(self, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, whether constant) of each unit of the first side: constant when its std is below rel_eps
+        times the largest (a dead ReLU, a fixed parameter read as a unit)."""
+        mean = self.sa / self.n
+        std = (self.saa / self.n - mean ** 2).clamp_min(0).sqrt()
+        return self.shift_a + mean, std <= rel_eps * std.max()
 
     def correlation(self, rel_eps: float = 1e-6) -> torch.Tensor:
         """Pearson correlations; a unit whose std is below rel_eps times its layer's largest (constant on
@@ -71,7 +87,7 @@ def tapped_values(models: list[nn.Module], trace, names, data, limit: int = 5000
             n = rows(x)
             if (i, n) not in taps:
                 taps[(i, n)] = trace.tap(m, names, n)
-            out.append(dict(zip(names, taps[(i, n)](x))))
+            out.append({k: v.detach() for k, v in zip(names, taps[(i, n)](x))})  # a node may be a parameter
         yield out
 
 
@@ -102,7 +118,8 @@ def cross_moments(ref: nn.Module, model: nn.Module, trace, points, data, limit: 
     return stats
 
 
-def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]]) -> dict[str, torch.Tensor]:
+def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]],
+                      own_nodes: bool = False) -> dict[str, torch.Tensor]:
     """Per group, the correlation matrix (ref units x model units) where the next layers read the units.
 
     Tatro et al. (2020) correlate a layer's outputs after the nonlinearity, which is what the next layer
@@ -110,17 +127,31 @@ def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]]
     The group's other nodes (pre-activations, normalized copies) add TIE_BREAK times their correlation,
     which only orders units the data never moves (dead ReLUs, whose correlations are all zero). A group
     no layer reads (recurrent states) sums every node that carries it. `stats`: `cross_moments` at the
-    points of `taps`.
+    points of `taps`. `own_nodes`: only the nodes that carry no other group's units where a group has such
+    nodes (elsewhere the other group's order differs between models, so their samples do not line up:
+    unlike units within one model then correlate better than a unit and its twin in another).
     """
-    read = {la.input for la in trace.layers()}
+    carriers: dict[str, set[str]] = {}
+    for g, nodes in taps.items():
+        for n, _ in nodes:
+            carriers.setdefault(n, set()).add(g)
     out = {}
     for g, nodes in taps.items():
+        if own_nodes:
+            nodes = [p for p in nodes if carriers[p[0]] == {g}] or list(nodes)
         if not nodes:
             continue
-        main = [p for p in nodes if p[0] in read] or list(nodes)
+        main = read_points(trace, nodes)
         out[g] = sum(stats[p].correlation() for p in main) + TIE_BREAK * sum(
             (stats[p].correlation() for p in nodes if p not in main), torch.zeros(()))
     return out
+
+
+def read_points(trace, nodes: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The points of a group where the next layers read its units (a linear or convolution layer's input),
+    or all of them if no layer reads them (recurrent states)."""
+    read = {la.input for la in trace.layers()}
+    return [p for p in nodes if p[0] in read] or list(nodes)
 
 
 def joint_points(taps: dict[str, list[tuple[str, int]]], outer: str, inner: str) -> list:

@@ -13,7 +13,9 @@ ceil(N / n) units (K for models of one width; merges stop being capped only if n
 For cluster f and unit j of model i: M_i[f, j] = lambda_i / (sum of lambda over f's units) (merge),
 U_i[j, f] = 1 (unmerge). Tensors holding units get M_i on that axis, tensors reading them U_i^T; the
 fused tensor is sum_i of those (lambda_i-weighted where no axis holds units). For K = 2 models of one
-width the clustering is ZipIt's greedy pairing.
+width the clustering is ZipIt's greedy pairing. Ties (units constant on the data, which correlate with
+nothing) are broken by TIE_BREAK times the correlation at the group's other nodes (pre-activations) plus
+TIE_BREAK where two constant units hold the same value, so that twins stay together.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 
 from ..errors import ModefuseError
 from ..match.blockmatch import inner_groups
-from ..match.probe import CrossMoments, tapped_samples, taps, unit_correlations
+from ..match.probe import TIE_BREAK, CrossMoments, read_points, tapped_samples, taps, unit_correlations
 from ..spec.transport import apply_along
 from .couplings import mix_tensors
 from ..spec.infer import infer_spec
@@ -52,7 +54,10 @@ def zipit(p: FusionProblem) -> Fusion:
         for pt in points:
             side_by_side = torch.cat([s[pt] for s in per_model], 1)
             stats[pt].update(side_by_side, side_by_side)
-    corr = unit_correlations(stats, trace, unit_nodes)
+    corr = unit_correlations(stats, trace, unit_nodes, own_nodes=True)
+    for g, nodes in unit_nodes.items():
+        if nodes:  # units constant on the data match their twins: the same constant (ReLU-dead: 0)
+            corr[g] = corr[g] + TIE_BREAK * sum(_same_constant(stats[pt]) for pt in read_points(trace, nodes))
     k = len(p.models)
     merges: dict[str, list[torch.Tensor]] = {}
     unmerges: dict[str, list[torch.Tensor]] = {}
@@ -115,6 +120,14 @@ def average_linkage(corr: np.ndarray, n: int, cap: int) -> list[list[int]]:
     return sorted((sorted(members[j]) for j in np.flatnonzero(alive)), key=lambda c: c[0])
 
 
+def _same_constant(stats: CrossMoments) -> torch.Tensor:
+    """1 where both units are constant on the data and equal (to 1e-6 relative), else 0."""
+    mean, const = stats.constant()
+    scale = torch.maximum(mean.abs()[:, None], mean.abs()[None, :]).clamp_min(1e-12)
+    same = (mean[:, None] - mean[None, :]).abs() <= 1e-6 * scale
+    return (same & const[:, None] & const[None, :]).double()
+
+
 def _merge_matrices(clusters: list[list[int]], widths: list[int], lam: list[float]):
     """Per model, M_i (n_target x n_i: each cluster's weights over its units, lambda-weighted, summing to 1
     over the models) and U_i (n_i x n_target: 1 where a unit belongs to a cluster)."""
@@ -132,16 +145,34 @@ def _merge_matrices(clusters: list[list[int]], widths: list[int], lam: list[floa
 
 
 def _fused_tensor(key, spec, tensors, lam, merges, unmerges) -> torch.Tensor:
+    """Model i's tensor with M_i on the axes holding units and U_i^T on those reading them, summed over the
+    models; lambda-weighted where no axis holds units. A tensor holding units on several axes (elementwise
+    in two groups: a state-space layer's A) is divided by the models' share of each entry; an entry no model
+    holds both units of takes the models' averages over their units."""
     axes = spec.axes_of.get(key)
     if not axes or not tensors[0].is_floating_point():
         return mix_tensors(tensors, lam)
-    holds = any(not spec.is_input(key, a, tensors[0].dim()) for a, _ in axes)
-    out = None
-    for i, (t, w) in enumerate(zip(tensors, lam)):
+    ndim = tensors[0].dim()
+    holding = [(a, g) for a, g in axes if not spec.is_input(key, a, ndim)]
+
+    def mapped(t, i, hold, read=lambda g, i: unmerges[g][i].T):
         for a, g in axes:
-            inp = spec.is_input(key, a, t.dim())
-            mat = unmerges[g][i].T if inp else merges[g][i]
-            t = apply_along(t.double(), a, mat.to(t.device), spec.layout(g, key, a), key)
-        t = t if holds else w * t
-        out = t if out is None else out + t
+            mat = hold(g, i) if (a, g) in holding else read(g, i)
+            t = apply_along(t, a, mat.to(t.device), spec.layout(g, key, a), key)
+        return t
+
+    merge = lambda g, i: merges[g][i]  # noqa: E731
+    out = sum(mapped(t.double(), i, merge) * (1.0 if holding else w) for i, (t, w) in enumerate(zip(tensors, lam)))
+    if len(holding) > 1:
+        neutral = lambda g, i: torch.full_like(unmerges[g][i].T, 1.0 / len(unmerges[g][i]))  # noqa: E731
+        share = sum(mapped(torch.ones_like(t, dtype=torch.float64), i, merge, neutral) for i, t in enumerate(tensors))
+        spread = lambda g, i: _rows_summing_to_one(merges[g][i])  # noqa: E731
+        fallback = sum(w * mapped(t.double(), i, spread) for i, (t, w) in enumerate(zip(tensors, lam)))
+        out = torch.where(share > 1e-12, out / share.clamp_min(1e-12), fallback)
     return out.to(tensors[0].dtype)
+
+
+def _rows_summing_to_one(m: torch.Tensor) -> torch.Tensor:
+    """Each fused unit's weights over one model's units, summing to 1 (uniform where it has none there)."""
+    total = m.sum(1, keepdim=True)
+    return torch.where(total > 0, m / total.clamp_min(1e-300), torch.full_like(m, 1.0 / m.shape[1]))

@@ -128,9 +128,18 @@ def apply_along(t: torch.Tensor, axis: int, m: torch.Tensor, layout, key: str = 
     """Multiply the units of `axis` (laid out by `layout`) by matrix m (n_target x n_source)."""
     n_t, n_s = m.shape
     size = t.shape[axis]
-    if layout.offset != 0 or layout.tiles * layout.block * n_s != size or layout.stride not in (0, n_s * layout.block):
+    contiguous = layout.offset == 0 and layout.tiles * layout.block * n_s == size and layout.stride in (
+        0, n_s * layout.block)
+    if not contiguous and n_t == n_s:  # the units share the axis with others (a concatenation): mix them in place
+        pos = layout.positions(n_s).to(t.device).flatten()
+        x = t.movedim(axis, 0)
+        units = x[pos].reshape(n_s, -1).to(m.dtype)
+        out = x.clone()
+        out[pos] = (m @ units).reshape(len(pos), *x.shape[1:]).to(t.dtype)
+        return out.movedim(0, axis)
+    if not contiguous:
         raise ModefuseError(f"axis {axis} of {key!r} holds units of several groups (a concatenation?); fusion "
-                            f"with soft or rectangular couplings needs each axis to belong to one group")
+                            f"into another width needs each axis to belong to one group")
     x = t.movedim(axis, 0)
     rest = x.shape[1:]
     y = torch.matmul(m, x.reshape(layout.tiles, n_s, -1).to(m.dtype)).to(t.dtype)  # (tiles, n_t, block*rest)
