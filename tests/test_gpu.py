@@ -98,3 +98,23 @@ def test_repair_and_fusion_into_other_widths_with_data_on_the_cpu():
     x = torch.rand(32, 1, 28, 28, generator=g)
     assert torch.allclose(fus.model(x.to(CUDA)).cpu(), cpu.model(x), atol=1e-3)
     assert torch.isfinite(repaired(x.to(CUDA))).all()
+
+
+@pytest.mark.parametrize("method", ["regmean", "zipit"])
+def test_methods_reading_data_on_gpu_models_with_data_on_the_cpu(method):
+    """RegMean's Gram matrices (conv: unfolded patches) and ZipIt!'s correlations on the models' device: an MLP
+    fuses to the CPU's model, a VGG runs there (cuDNN's TF32 convolutions may break near-ties otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,),
+                                                                                                   generator=g))
+    x = torch.rand(16, 1, 28, 28, generator=g)
+    ms = [m.to(CUDA) for m in pair("mlp", widths=[64, 32])]
+    fus = mf.fuse(ms, method=method, data=data)
+    assert next(fus.model.parameters()).device.type == "cuda"
+    cpu = mf.fuse([copy.deepcopy(m).cpu() for m in ms], method=method, data=data)
+    with torch.no_grad():
+        out, ref = fus.model(x.to(CUDA)).cpu(), cpu.model(x)
+    assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max())), float((out - ref).abs().max())
+    vgg = mf.fuse([m.to(CUDA) for m in pair("vgg", width=0.125, in_channels=1, in_size=28)], method=method, data=data).model
+    with torch.no_grad():
+        assert next(vgg.parameters()).device.type == "cuda" and torch.isfinite(vgg(x.to(CUDA))).all()

@@ -288,8 +288,10 @@ def cmd_interpolate(args) -> int:
 
 def _fuse_args(p):
     p.add_argument("checkpoints", nargs="+", help="checkpoints of the models to fuse (the first is model 0)")
-    p.add_argument("--method", default="wasserstein",
-                   choices=["average", "otfusion", "wasserstein", "gromov", "regmean", "zipit"])
+    p.add_argument("--method", default="auto",
+                   choices=["auto", "average", "otfusion", "wasserstein", "gromov", "regmean", "zipit"],
+                   help="auto (default): regmean for checkpoints of one width (it reads training images), "
+                        "wasserstein with --width, for other widths and for folders")
     p.add_argument("--width", type=T.positive_int_list,
                    help="target width per group, comma separated in the order of the spec's groups "
                         "(e.g. 300,150,75 for an MLP; wasserstein, gromov and zipit); default: model 0's")
@@ -329,6 +331,7 @@ def cmd_fuse(args) -> int:
         if sum(weights) <= 0:
             raise UsageError("--weights must have a positive sum")
     if _folders(*args.checkpoints):
+        args.method = "wasserstein" if args.method == "auto" else args.method
         if args.finetune or args.repair or _fuser_reads_data(args.method, args.cost) or args.plot_couplings:
             raise UsageError("folders are fused from their weights alone here: --finetune, --repair, --cost "
                              "activation, --method regmean or zipit and --plot-couplings need data the model "
@@ -346,6 +349,9 @@ def cmd_fuse(args) -> int:
     _check_out(args.out, folder=False)
     args.cost = args.cost or "activation"
     models = [mf.load(c) for c in args.checkpoints]
+    if args.method == "auto":
+        from .merge.fuse import auto_method
+        args.method = auto_method(models, True, widths)
     test = _load_data(args, "test", models[0])
     needs_train = args.finetune or args.repair or _fuser_reads_data(args.method, args.cost)
     train = _load_data(args, "train", models[0]) if needs_train else None

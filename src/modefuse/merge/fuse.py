@@ -18,7 +18,7 @@ from .methods import Fusion, FusionProblem, get_fuser
 COSTS = ("auto", "weight", "activation")
 
 
-def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequence[float] | None = None,
+def fuse(models: Sequence[nn.Module], method: str = "auto", weights: Sequence[float] | None = None,
          widths: Mapping[str, int] | Sequence[int] | None = None, data=None, example_input=None,
          eps: float | None = None, max_sweeps: int = 20, tol: float = 1e-7, alpha_h: float = 1.0,
          cost: str = "auto", outgoing: bool = True, limit: int | None = None, progress: bool = False,
@@ -37,7 +37,9 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
     models : sequence of nn.Module
         The K >= 1 models to fuse.
     method : str
-        "average" (no alignment), "otfusion" (model 0 stays the target), "wasserstein" (a free
+        "auto" (default): "regmean" when `data` is given and the models share model 0's widths and
+        `widths` is not given (the best one-shot fusion of REPORT.md's MLPs and VGG11), else
+        "wasserstein"; or "average" (no alignment), "otfusion" (model 0 stays the target), "wasserstein" (a free
         barycenter, any width), "gromov" (as "wasserstein", with recurrent layers' hidden-to-hidden
         matrices in the cost), "regmean" (aligned to model 0, then each layer the least-squares fit of
         the models' outputs on their inputs; needs `data`), or a method registered with `register_fuser`.
@@ -89,6 +91,8 @@ def fuse(models: Sequence[nn.Module], method: str = "wasserstein", weights: Sequ
         The fused model, the couplings per group, the target's spec and the largest coupling change
         per sweep.
     """
+    if method == "auto":
+        method = auto_method(models, data, widths)
     fuser = get_fuser(method)
     if cost not in COSTS:
         raise ModefuseError(f"unknown fusion cost {cost!r}; use one of {', '.join(COSTS)}")
@@ -130,3 +134,10 @@ def _weights(weights, k: int) -> list[float]:
     if len(w) != k or any(v < 0 for v in w) or sum(w) <= 0:
         raise ModefuseError(f"weights must be {k} non-negative numbers with a positive sum, got {weights}")
     return [v / sum(w) for v in w]
+
+
+def auto_method(models, data, widths) -> str:
+    """RegMean where it applies (data, one width, model 0's widths), else the Wasserstein barycenter."""
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in models]
+    one_width = all(s == shapes[0] for s in shapes[1:])
+    return "regmean" if data is not None and widths is None and one_width and len(models) > 1 else "wasserstein"
