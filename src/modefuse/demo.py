@@ -45,6 +45,7 @@ def run(out: Path, epochs: int = 5, seeds=(0, 1), data_dir: str | None = None) -
         fusion[method] = mf.fuse([a, b], method=method).model
     wb = mf.fuse([a, b], method="wasserstein")
     fusion["wasserstein + REPAIR"] = mf.repair(wb.model, [a, b], train_ds, couplings=wb.couplings)
+    fusion["regmean (with data: the default)"] = mf.fuse([a, b], data=train_ds).model
     mf.save(fusion["wasserstein"], out / "fused_wasserstein.safetensors", dataset="fashion-mnist",
             fused_from=list(nets), fusion_method="wasserstein")
     plot_couplings(wb.couplings, out / "couplings.png")
