@@ -115,6 +115,8 @@ def test_methods_reading_data_on_gpu_models_with_data_on_the_cpu(method):
     with torch.no_grad():
         out, ref = fus.model(x.to(CUDA)).cpu(), cpu.model(x)
     assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max())), float((out - ref).abs().max())
-    vgg = mf.fuse([m.to(CUDA) for m in pair("vgg", width=0.125, in_channels=1, in_size=28)], method=method, data=data).model
+    vggs = [m.to(CUDA) for m in pair("vgg", width=0.125, in_channels=1, in_size=28)]
+    vgg = mf.fuse(vggs, method=method, data=data)
+    repaired = mf.repair(vgg.model, vggs, data, couplings=vgg.couplings)  # couplings on the models' device
     with torch.no_grad():
-        assert next(vgg.parameters()).device.type == "cuda" and torch.isfinite(vgg(x.to(CUDA))).all()
+        assert next(repaired.parameters()).device.type == "cuda" and torch.isfinite(repaired(x.to(CUDA))).all()

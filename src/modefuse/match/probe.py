@@ -135,22 +135,23 @@ def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]]
     for g, nodes in taps.items():
         for n, _ in nodes:
             carriers.setdefault(n, set()).add(g)
+    read = {la.input for la in trace.layers()}
     out = {}
     for g, nodes in taps.items():
         if own_nodes:
             nodes = [p for p in nodes if carriers[p[0]] == {g}] or list(nodes)
         if not nodes:
             continue
-        main = read_points(trace, nodes)
+        main = read_points(trace, nodes, read)
         out[g] = sum(stats[p].correlation() for p in main) + TIE_BREAK * sum(
             (stats[p].correlation() for p in nodes if p not in main), torch.zeros(()))
     return out
 
 
-def read_points(trace, nodes: list[tuple[str, int]]) -> list[tuple[str, int]]:
+def read_points(trace, nodes: list[tuple[str, int]], read: set[str] | None = None) -> list[tuple[str, int]]:
     """The points of a group where the next layers read its units (a linear or convolution layer's input),
-    or all of them if no layer reads them (recurrent states)."""
-    read = {la.input for la in trace.layers()}
+    or all of them if no layer reads them (recurrent states). `read`: the layers' input nodes, if known."""
+    read = {la.input for la in trace.layers()} if read is None else read
     return [p for p in nodes if p[0] in read] or list(nodes)
 
 

@@ -1,6 +1,6 @@
 """`mf.fuse`: K models into one by a fusion method chosen by name (`methods.FUSERS`: averaging, OTFusion,
-Wasserstein and Gromov-Wasserstein barycenters); the transport-based ones share the coupling loop of
-`couplings.py`, whose docstring gives the algorithm."""
+Wasserstein and Gromov-Wasserstein barycenters, RegMean, ZipIt!); the transport-based ones share the coupling
+loop of `couplings.py`, whose docstring gives the algorithm; RegMean and ZipIt! are a module each."""
 from __future__ import annotations
 
 import warnings
@@ -42,7 +42,9 @@ def fuse(models: Sequence[nn.Module], method: str = "auto", weights: Sequence[fl
         "wasserstein"; or "average" (no alignment), "otfusion" (model 0 stays the target), "wasserstein" (a free
         barycenter, any width), "gromov" (as "wasserstein", with recurrent layers' hidden-to-hidden
         matrices in the cost), "regmean" (aligned to model 0, then each layer the least-squares fit of
-        the models' outputs on their inputs; needs `data`), or a method registered with `register_fuser`.
+        the models' outputs on their inputs; needs `data`), "zipit" (all models' units clustered by
+        activation correlation, merges inside a model allowed, any target width; needs `data`), or a
+        method registered with `register_fuser`.
     weights : sequence of float, optional
         lambda_i, non-negative with a positive sum, normalized to sum to 1 (default uniform).
     widths : dict or sequence of int, optional

@@ -42,7 +42,8 @@ class Fusion:
         The fused model, of model 0's architecture at the target widths.
     couplings : dict of str to list of Tensor
         Per group, one transport plan per model (target units x that model's units, mass 1); empty for
-        "average".
+        "average"; for "zipit", each fused unit's weights over model i's units divided by lambda_i n_target
+        (what `repair` reads: the fused unit gets its cluster's average statistics).
     spec : PermutationSpec or None
         The fused model's spec (None for "average").
     method : str
@@ -140,7 +141,7 @@ def average(p: FusionProblem) -> Fusion:
         raise ModefuseError("vanilla averaging cannot change widths; use method='wasserstein'")
     for i, s in enumerate(p.states[1:], 1):
         check_same_architecture(p.states[0], s, "model 0", f"model {i}")
-    return Fusion(_build(p.models[0], _mix(p.states, p.lam), None, None), {}, None, "average")
+    return Fusion(build_fused(p.models[0], mix_states(p.states, p.lam), None, None), {}, None, "average")
 
 
 @register_fuser("otfusion")
@@ -168,7 +169,7 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
     data = p.data
     x, specs = problem_specs(p, need_example=p.cost == "activation")
     models, states, moved = _align_heads(p, specs, x)
-    sizes = _target_sizes(specs[0], p.widths)
+    sizes = target_sizes(specs[0], p.widths)
     if not rule.free_target and sizes != specs[0].sizes:
         raise ModefuseError(f"{name} keeps model 0 as the target; to fuse into other widths use 'wasserstein'")
     acts = None
@@ -179,7 +180,7 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
             acts.append(unit_activations(m, trace, unit_nodes, data, limit=p.limit or ACTIVATION_LIMIT))
     fuser = Fuser(specs, states, sizes, p.lam, rule, p.eps, p.alpha_h, p.outgoing, acts)
     changes = fuser.run(p.max_sweeps, p.tol, p.progress, desc=f"fusing ({name})")
-    fused = _build(models[0], fuser.fused_state(), specs[0], sizes)
+    fused = build_fused(models[0], fuser.fused_state(), specs[0], sizes)
     if sizes == specs[0].sizes:
         target_spec = specs[0]
     else:
@@ -228,7 +229,7 @@ def align_to_first(p: FusionProblem, specs, x, limit: int | None = None) -> tupl
     return models, states, moved
 
 
-def _mix(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
+def mix_states(states: Sequence[Mapping[str, torch.Tensor]], lam: list[float]) -> dict[str, torch.Tensor]:
     """sum_i lam_i states_i, tensor by tensor."""
     return {k: mix_tensors((s[k] for s in states), lam) for k in states[0]}
 
@@ -240,7 +241,7 @@ def _given_spec(spec: PermutationSpec, state, state0) -> PermutationSpec:
     return (spec if same else replace(spec, sizes={})).check(state)
 
 
-def _target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
+def target_sizes(spec: PermutationSpec, widths) -> dict[str, int]:
     if widths is None:
         return dict(spec.sizes)
     if isinstance(widths, Mapping):
@@ -276,7 +277,7 @@ def _check_compatible(states, specs) -> None:
             raise ArchitectureMismatchError(f"architectures differ: model {i} has tensor {extra[0]!r}, model 0 lacks it")
 
 
-def _build(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn.Module:
+def build_fused(model0: nn.Module, state: dict[str, torch.Tensor], spec, sizes) -> nn.Module:
     """A module of model 0's architecture holding `state`, at the target widths.
 
     Zoo MLPs and single-layer RNN/LSTMs are rebuilt from their architecture with the new widths (so

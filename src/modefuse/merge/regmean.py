@@ -23,8 +23,8 @@ from ..match.probe import input_grams
 from ..spec.infer import infer_spec
 from ..spec.trace import Layer, Trace, conv_geometry, trace_of
 from ..spec.transport import invert
-from .methods import (Fusion, FusionProblem, _build, _mix, _target_sizes, align_to_first, problem_specs,
-                      register_fuser)
+from .methods import (Fusion, FusionProblem, align_to_first, build_fused, mix_states, problem_specs, register_fuser,
+                      target_sizes)
 
 RIDGE = 1e-6  # delta relative to the Gram's mean diagonal
 LIMIT = 5000  # examples read (alignment, Gram matrices) unless fuse(limit=) says otherwise
@@ -35,14 +35,14 @@ def regmean(p: FusionProblem) -> Fusion:
     """RegMean (Jin et al. 2023): models aligned to model 0, then each layer solved on its inputs' Gram matrices."""
     x, specs = problem_specs(p, need_example=True)
     if any(sp.sizes != specs[0].sizes for sp in specs[1:]) or (
-            p.widths is not None and _target_sizes(specs[0], p.widths) != specs[0].sizes):
+            p.widths is not None and target_sizes(specs[0], p.widths) != specs[0].sizes):
         raise ModefuseError("regmean keeps model 0's widths and needs models of one width; to fuse into other "
                             "widths use method='wasserstein'")
     limit = p.limit or LIMIT
     models, states, moved = align_to_first(p, specs, x, limit)
     trace = trace_of(specs[0]) or trace_of(infer_spec(models[0], x))
     layers = solvable_layers(trace, states[0])
-    fused = _mix(states, p.lam)
+    fused = mix_states(states, p.lam)
     sums = {key: [0.0, 0.0] for key in layers}  # sum_i lambda_i G~_i and sum_i lambda_i G~_i Theta_i
     for lam, model, state in zip(p.lam, models, states):
         grams = input_grams(model, trace, {key: (la.input, rows) for key, (la, rows) in layers.items()},
@@ -58,7 +58,7 @@ def regmean(p: FusionProblem) -> Fusion:
         avg = _theta(la, fused)
         theta = torch.linalg.solve(a + delta * torch.eye(len(a), dtype=a.dtype, device=a.device), b + delta * avg)
         _put(la, theta, fused)
-    model = _build(models[0], fused, specs[0], specs[0].sizes)
+    model = build_fused(models[0], fused, specs[0], specs[0].sizes)
     couplings = {g: [_identity_coupling(n, perms, g, model) for perms in moved] for g, n in specs[0].sizes.items()}
     return Fusion(model, couplings, specs[0], "regmean")
 

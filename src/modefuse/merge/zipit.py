@@ -30,7 +30,7 @@ from ..match.probe import TIE_BREAK, CrossMoments, read_points, tapped_samples, 
 from ..spec.transport import apply_along
 from .couplings import mix_tensors
 from ..spec.infer import infer_spec
-from .methods import Fusion, FusionProblem, _build, _target_sizes, problem_specs, register_fuser
+from .methods import Fusion, FusionProblem, build_fused, problem_specs, register_fuser, target_sizes
 
 LIMIT = 2000  # examples read for the correlations unless fuse(limit=) says otherwise
 
@@ -46,7 +46,7 @@ def zipit(p: FusionProblem) -> Fusion:
     if any(inner_groups(spec, g) for g in spec.groups):
         raise ModefuseError("zipit does not merge attention heads; use method='regmean' or 'wasserstein' for "
                             "models with attention")
-    sizes = _target_sizes(spec, p.widths)
+    sizes = target_sizes(spec, p.widths)
     unit_nodes, trace = taps(spec, p.models[0], x, p.data)
     points = {pt for nodes in unit_nodes.values() for pt in nodes}
     stats = {pt: CrossMoments() for pt in points}
@@ -55,22 +55,27 @@ def zipit(p: FusionProblem) -> Fusion:
             side_by_side = torch.cat([s[pt] for s in per_model], 1)
             stats[pt].update(side_by_side, side_by_side)
     corr = unit_correlations(stats, trace, unit_nodes, own_nodes=True)
+    read = {la.input for la in trace.layers()}
     for g, nodes in unit_nodes.items():
         if nodes:  # units constant on the data match their twins: the same constant (ReLU-dead: 0)
-            corr[g] = corr[g] + TIE_BREAK * sum(_same_constant(stats[pt]) for pt in read_points(trace, nodes))
+            corr[g] = corr[g] + TIE_BREAK * sum(_same_constant(stats[pt]) for pt in read_points(trace, nodes, read))
     k = len(p.models)
     merges: dict[str, list[torch.Tensor]] = {}
     unmerges: dict[str, list[torch.Tensor]] = {}
     for g, n in spec.sizes.items():
+        if g not in corr:
+            raise ModefuseError(f"zipit reads each group's activations, and group {g!r} has none in the model's "
+                                f"graph; use method='regmean' or 'wasserstein'")
         clusters = average_linkage(corr[g].cpu().numpy(), sizes[g], math.ceil(k * n / sizes[g]))
         merges[g], unmerges[g] = _merge_matrices(clusters, [n] * k, p.lam)
     fused = {key: _fused_tensor(key, spec, [s[key] for s in p.states], p.lam, merges, unmerges)
              for key in p.states[0]}
-    model = _build(p.models[0], fused, spec, sizes)
+    model = build_fused(p.models[0], fused, spec, sizes)
     target_spec = spec if sizes == spec.sizes else infer_spec(model, x)
     # what repair reads: sum_i lambda_i n pi_i @ stats_i is each cluster's average of its units' statistics
-    couplings = {g: [m / (lam * sizes[g]) if lam > 0 else torch.zeros_like(m) for m, lam in zip(ms, p.lam)]
-                 for g, ms in merges.items()}
+    device = next(model.parameters()).device
+    couplings = {g: [(m / (lam * sizes[g]) if lam > 0 else torch.zeros_like(m)).float().to(device)
+                     for m, lam in zip(ms, p.lam)] for g, ms in merges.items()}
     return Fusion(model, couplings, target_spec, "zipit")
 
 
