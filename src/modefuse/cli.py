@@ -472,7 +472,8 @@ def _federate_args(p):
     p.add_argument("--method", default="wasserstein",
                    choices=["average", "otfusion", "wasserstein", "regmean", "zipit", "heterofl"],
                    help="server aggregation: average (FedAvg), otfusion, wasserstein (default), regmean or zipit "
-                        "(both read the clients' models on 1,000 training images on the server), or heterofl "
+                        "(both read the clients' models on 1,000 training images on the server; regmean aligns "
+                        "them by their activations there), or heterofl "
                         "(averaging the shared slices of clients of smaller widths)")
     p.add_argument("--split", default="dirichlet", choices=["iid", "dirichlet", "labels"],
                    help="how the training set is dealt to the clients (default dirichlet)")
@@ -517,7 +518,9 @@ def cmd_federate(args) -> int:
                  client_kwargs=[{"widths": w} for w in args.client_widths or []], split=args.split,
                  alpha=args.alpha, label_classes=args.classes or 0, seed=args.seed, local_epochs=args.local_epochs,
                  lr=args.lr, independent_init=args.independent_init, n_train=args.n_train, data_dir=args.data_dir)
-    history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair)
+    cost = "activation" if args.method in ("regmean", "zipit") else "weight"  # they read the server's batch anyway
+    history = simulate(s, method=args.method, rounds=args.rounds, num_clients=args.clients, repair=args.repair,
+                       cost=cost)
     result = {"accuracy": history.accuracy, "loss": history.loss, "left_out": history.left_out}
     if args.json:
         print(json.dumps(result))

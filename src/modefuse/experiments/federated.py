@@ -15,7 +15,7 @@ ONE_SHOT = (("FedAvg", "average", {}), ("FedOTFusion", "otfusion", {}), ("FedWB"
             ("FedOTFusion, activation cost", "otfusion", {"cost": "activation"}),
             ("FedWB, activation cost", "wasserstein", {"cost": "activation"}),
             ("FedWB + REPAIR", "wasserstein", {"repair": True}),
-            ("FedRegMean + REPAIR", "regmean", {"repair": True}),
+            ("FedRegMean + REPAIR", "regmean", {"repair": True, "cost": "activation"}),
             ("FedZipIt + REPAIR", "zipit", {"repair": True}))
 
 

@@ -61,7 +61,7 @@ class FedFusion(FedAvg):
     "otfusion", "wasserstein" (clients of any widths, fused into the server's), "regmean" or "zipit"
     (RegMean after alignment, ZipIt!; both read the clients' models on `data`), or "heterofl" (the
     baseline for clients of smaller widths: each holds the leading units of every layer, and every entry
-    is averaged over the clients holding it; Diao et al. 2021); cost: fusion cost ("weight", or "activation" with `data`); data:
+    is averaged over the clients holding it; Diao et al. 2021); cost: fusion cost ("weight", or "activation" with `data`; for "regmean", how the clients are aligned); data:
     a server-side batch of inputs (activation cost, REPAIR); repair: REPAIR the fused model on `data`.
     Other keyword arguments go to Flower's FedAvg (fraction_train, min_train_nodes, ...).
     """
