@@ -50,7 +50,7 @@ def test_single_model_and_a_wider_target_keep_the_function():
 def test_couplings_are_transport_plans():
     ms = [mf.models.build("mlp", widths=[12, 6], seed=s) for s in range(3)]
     for eps in (None, 0.05):
-        fus = mf.fuse(ms, method="wasserstein", widths=[9, 6], eps=eps)
+        fus = mf.fuse(ms, method="wasserstein", widths=[9, 6], eps=eps, max_sweeps=3)  # plans at every sweep
         for g, plans in fus.couplings.items():
             assert len(plans) == 3
             for pi in plans:

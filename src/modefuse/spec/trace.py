@@ -29,6 +29,7 @@ class Trace:
         self.args, self.kwargs = args, kwargs
         self.type = type(model)
         self.programs: dict[int, torch.export.ExportedProgram] = {}
+        self._cut: dict[tuple, fx.GraphModule] = {}  # tap's graphs, per (nodes, batch size)
         self._model = weakref.ref(model)
         if not lazy:
             self.program  # noqa: B018 (export now)
@@ -72,17 +73,8 @@ class Trace:
                 fx.config.do_not_emit_stack_traces = emit
             model.train(was)
 
-    def at_batch(self, model: nn.Module, batch: int) -> torch.export.ExportedProgram:
-        """The program exported at another batch size (shapes are concrete in an exported graph)."""
-        if batch not in self.programs:
-            args = tuple(_resize(a, batch) for a in self.args)
-            kwargs = {k: _resize(v, batch) for k, v in self.kwargs.items()}
-            self.programs[batch] = self._export(model, args, kwargs)
-        return self.programs[batch]
-
-    def tap(self, model: nn.Module, node_names: list[str], batch: int):
-        """A function x -> outputs of `node_names` on `model`'s own weights (same architecture)."""
-        ep = self.at_batch(model, batch)
+    def _cut_at(self, ep, node_names: list[str], batch: int) -> fx.GraphModule:
+        """The exported graph up to `node_names`, returning their values."""
         g = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
         wanted = set(node_names)
@@ -97,7 +89,26 @@ class Trace:
                                      f"size {batch}; pass data in batches of the traced size")
         g.output(tuple(found[n] for n in node_names))
         g.eliminate_dead_code()
-        gm = fx.GraphModule({}, g)
+        return fx.GraphModule({}, g)
+
+    def at_batch(self, model: nn.Module, batch: int) -> torch.export.ExportedProgram:
+        """The program exported at another batch size (shapes are concrete in an exported graph)."""
+        if batch not in self.programs:
+            args = tuple(_resize(a, batch) for a in self.args)
+            kwargs = {k: _resize(v, batch) for k, v in self.kwargs.items()}
+            self.programs[batch] = self._export(model, args, kwargs)
+        return self.programs[batch]
+
+    def tap(self, model: nn.Module, node_names: list[str], batch: int):
+        """A function x -> outputs of `node_names` on `model`'s own weights (same architecture).
+
+        The graph cut at those nodes is kept per (nodes, batch size): it is the architecture's, and REPAIR
+        taps one layer after another, each time with the weights as they are then."""
+        ep = self.at_batch(model, batch)
+        key = (tuple(node_names), batch)
+        if key not in self._cut:
+            self._cut[key] = self._cut_at(ep, node_names, batch)
+        gm = self._cut[key]
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         fixed_args = []
