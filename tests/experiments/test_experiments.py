@@ -27,7 +27,9 @@ def _rows_with_numbers(tables):
                     yield v
 
 
-@pytest.mark.parametrize("name", NAMES)
+# wb-cnn's tiny preset (nine fusions of two CNN pairs, each REPAIRed and fine-tuned: about a minute) runs with
+# `make test-slow`; its fusion methods are each tested on CNNs in the default suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "wb-cnn" else n for n in NAMES])
 def test_tiny_preset_writes_results_tables_and_figures(name, tmp_path, fmnist_train):
     out = tmp_path / name
     run = reproduce(name, "tiny", out=out, progress=False)
