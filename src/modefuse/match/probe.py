@@ -54,22 +54,26 @@ class CrossMoments:
         self.sbb = self.sbb + (b * b).sum(0)
         self.sab = self.sab + a.T @ b
 
-    def constant(self, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, whether constant) of each unit of the first side: constant when its std is below rel_eps
+    def _spread(self, s, ss, rel_eps: float):
+        """(shifted mean, std, whether constant) of one side's units: constant when the std is below rel_eps
         times the largest (a dead ReLU, a fixed parameter read as a unit)."""
-        mean = self.sa / self.n
-        std = (self.saa / self.n - mean ** 2).clamp_min(0).sqrt()
-        return self.shift_a + mean, std <= rel_eps * std.max()
+        mean = s / self.n
+        std = (ss / self.n - mean ** 2).clamp_min(0).sqrt()
+        return mean, std, std <= rel_eps * std.max()
+
+    def constant(self, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, whether constant) of each unit of the first side."""
+        mean, _, const = self._spread(self.sa, self.saa, rel_eps)
+        return self.shift_a + mean, const
 
     def correlation(self, rel_eps: float = 1e-6) -> torch.Tensor:
-        """Pearson correlations; a unit whose std is below rel_eps times its layer's largest (constant on
-        the data: a dead ReLU) correlates with nothing (0), whatever the scale of the activations."""
-        ma, mb = self.sa / self.n, self.sb / self.n
+        """Pearson correlations; a unit constant on the data (`_spread`: a dead ReLU) correlates with
+        nothing (0), whatever the scale of the activations."""
+        ma, sa, ca = self._spread(self.sa, self.saa, rel_eps)
+        mb, sb, cb = self._spread(self.sb, self.sbb, rel_eps)
         cov = self.sab / self.n - ma[:, None] * mb[None, :]
-        sa = (self.saa / self.n - ma ** 2).clamp_min(0).sqrt()
-        sb = (self.sbb / self.n - mb ** 2).clamp_min(0).sqrt()
-        sa = torch.where(sa > rel_eps * sa.max(), sa, torch.full_like(sa, float("inf")))
-        sb = torch.where(sb > rel_eps * sb.max(), sb, torch.full_like(sb, float("inf")))
+        sa = torch.where(ca, torch.full_like(sa, float("inf")), sa)
+        sb = torch.where(cb, torch.full_like(sb, float("inf")), sb)
         return cov / (sa[:, None] * sb[None, :])
 
 
@@ -135,24 +139,22 @@ def unit_correlations(stats: dict, trace, taps: dict[str, list[tuple[str, int]]]
     for g, nodes in taps.items():
         for n, _ in nodes:
             carriers.setdefault(n, set()).add(g)
-    read = {la.input for la in trace.layers()}
     out = {}
     for g, nodes in taps.items():
         if own_nodes:
             nodes = [p for p in nodes if carriers[p[0]] == {g}] or list(nodes)
         if not nodes:
             continue
-        main = read_points(trace, nodes, read)
+        main = read_points(trace, nodes)
         out[g] = sum(stats[p].correlation() for p in main) + TIE_BREAK * sum(
             (stats[p].correlation() for p in nodes if p not in main), torch.zeros(()))
     return out
 
 
-def read_points(trace, nodes: list[tuple[str, int]], read: set[str] | None = None) -> list[tuple[str, int]]:
+def read_points(trace, nodes: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The points of a group where the next layers read its units (a linear or convolution layer's input),
-    or all of them if no layer reads them (recurrent states). `read`: the layers' input nodes, if known."""
-    read = {la.input for la in trace.layers()} if read is None else read
-    return [p for p in nodes if p[0] in read] or list(nodes)
+    or all of them if no layer reads them (recurrent states)."""
+    return [p for p in nodes if p[0] in trace.read_nodes] or list(nodes)
 
 
 def joint_points(taps: dict[str, list[tuple[str, int]]], outer: str, inner: str) -> list:

@@ -185,9 +185,15 @@ def by_transport(p: FusionProblem, name: str, rule: CouplingRule) -> Fusion:
         target_spec = specs[0]
     else:
         target_spec = infer_spec(fused, x) if p.spec is None else replace(p.spec, sizes={}).check(fused.state_dict())
-    couplings = {g: [pi if perms is None else pi[:, invert(perms[g])] for pi, perms in zip(plans, moved)]
-                 for g, plans in fuser.couplings.items()}  # onto the models' own units
+    couplings = {g: [onto_own_units(pi, perms, g) for pi, perms in zip(plans, moved)]
+                 for g, plans in fuser.couplings.items()}
     return Fusion(fused, couplings, target_spec, name, changes)
+
+
+def onto_own_units(pi: torch.Tensor, perms, g: str) -> torch.Tensor:
+    """A coupling found for a model aligned first (`align_to_first`'s permutations `perms`, None if it was
+    not moved) as a map onto that model's own units."""
+    return pi if perms is None else pi[:, invert(perms[g])]
 
 
 def problem_specs(p: FusionProblem, need_example: bool) -> tuple[object, list[PermutationSpec]]:

@@ -22,9 +22,8 @@ from ..errors import ModefuseError
 from ..match.probe import input_grams
 from ..spec.infer import infer_spec
 from ..spec.trace import Layer, Trace, conv_geometry, trace_of
-from ..spec.transport import invert
-from .methods import (Fusion, FusionProblem, align_to_first, build_fused, mix_states, problem_specs, register_fuser,
-                      target_sizes)
+from .methods import (Fusion, FusionProblem, align_to_first, build_fused, mix_states, onto_own_units, problem_specs,
+                      register_fuser, target_sizes)
 
 RIDGE = 1e-6  # delta relative to the Gram's mean diagonal
 LIMIT = 5000  # examples read (alignment, Gram matrices) unless fuse(limit=) says otherwise
@@ -69,7 +68,8 @@ def solvable_layers(trace: Trace, state) -> dict[str, tuple[Layer, object]]:
     convolutions, and weights read anywhere else too (tied)."""
     out = {}
     for la in trace.layers():
-        if trace.uses(la.weight) != 1 or (la.bias is not None and trace.uses(la.bias) != 1):
+        uses = trace.parameter_uses
+        if uses.get(la.weight) != 1 or (la.bias is not None and uses.get(la.bias) != 1):
             continue
         w = state[la.weight]
         if la.kind in ("linear", "addmm"):
@@ -114,5 +114,4 @@ def _put(la: Layer, theta: torch.Tensor, state) -> None:
 def _identity_coupling(n: int, perms, g: str, model) -> torch.Tensor:
     """Model i's units onto the fused model's (which are model 0's): a permutation, mass 1."""
     device = next(model.parameters()).device
-    pi = torch.eye(n, device=device) / n
-    return pi if perms is None else pi[:, invert(perms[g])]
+    return onto_own_units(torch.eye(n, device=device) / n, perms, g)

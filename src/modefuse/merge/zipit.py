@@ -55,10 +55,9 @@ def zipit(p: FusionProblem) -> Fusion:
             side_by_side = torch.cat([s[pt] for s in per_model], 1)
             stats[pt].update(side_by_side, side_by_side)
     corr = unit_correlations(stats, trace, unit_nodes, own_nodes=True)
-    read = {la.input for la in trace.layers()}
     for g, nodes in unit_nodes.items():
         if nodes:  # units constant on the data match their twins: the same constant (ReLU-dead: 0)
-            corr[g] = corr[g] + TIE_BREAK * sum(_same_constant(stats[pt]) for pt in read_points(trace, nodes, read))
+            corr[g] = corr[g] + TIE_BREAK * sum(_same_constant(stats[pt]) for pt in read_points(trace, nodes))
     k = len(p.models)
     merges: dict[str, list[torch.Tensor]] = {}
     unmerges: dict[str, list[torch.Tensor]] = {}

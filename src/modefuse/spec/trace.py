@@ -6,6 +6,7 @@ no trace: the spec itself is plain data.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from typing import NamedTuple
@@ -164,10 +165,16 @@ class Trace:
         """The graph node named `name`."""
         return next(n for n in self.program.graph.nodes if n.name == name)
 
-    def uses(self, key: str) -> int:
-        """How many graph nodes read the parameter `key` (a tied weight is read by several)."""
+    @functools.cached_property
+    def parameter_uses(self) -> dict[str, int]:
+        """Per parameter key, how many graph nodes read it (a tied weight is read by several)."""
         params = self.program.graph_signature.inputs_to_parameters
-        return sum(len(n.users) for n in self.program.graph.nodes if params.get(n.name) == key)
+        return {params[n.name]: len(n.users) for n in self.program.graph.nodes if n.name in params}
+
+    @functools.cached_property
+    def read_nodes(self) -> frozenset[str]:
+        """The nodes a linear, convolution or addmm layer reads (the same graph at every batch size)."""
+        return frozenset(la.input for la in self.layers())
 
     def layer_inputs(self) -> list[tuple[str, str, int]]:
         """(weight key, input node name, the input's unit axis) of every linear and convolution layer."""
