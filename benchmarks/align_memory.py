@@ -88,7 +88,7 @@ def main():
     p.add_argument("--gpt2", choices=list(GPT2), help="also align two GPT-2-shaped folders, streamed")
     args = p.parse_args()
     print(f"{'case':34s} {'model MB':>9s} {'peak MB':>9s} {'x model':>8s} {'seconds':>8s} {'sweeps':>6s}")
-    cases = [("mlp", "2048", "mlp 784-2048x3-10, in memory"), ("mlp", "4096", "mlp 784-4096x3-10, in memory")]
+    cases = [("mlp", "512", "mlp 784-512x3-10, in memory"), ("mlp", "2048", "mlp 784-2048x3-10, in memory"), ("mlp", "4096", "mlp 784-4096x3-10, in memory")]
     if args.gpt2:
         t = time.perf_counter()
         root = make_folders(args.gpt2)

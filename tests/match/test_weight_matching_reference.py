@@ -84,3 +84,35 @@ def test_refreshed_terms_equal_recomputed_ones(mlp400_six):
             for k, ax in spec.groups[h]:
                 assert torch.allclose(cached(h, k, ax, perms), fresh(h, k, ax, perms), rtol=1e-4, atol=1e-4), (h, k)
     assert any(cached.refreshes.values())  # the refresh path was taken
+
+
+def test_assignment_solvers_agree_on_weight_matchings_scores(mlp400_six, cnn_pair, monkeypatch):
+    """lapx (the default where installed) and scipy find the same permutation on every score matrix weight
+    matching solves on trained models, and the alignment is the same with scipy alone."""
+    from modefuse.match import solvers, weight_matching as wm
+    assert solvers._lapjv is not None, "lapx is a dependency (pyproject.toml): pip install -e ."
+    scores = []
+
+    def record(score, maximize=True):
+        scores.append(score.clone())
+        return solvers.assignment(score, maximize)
+
+    monkeypatch.setattr(wm, "assignment", record)
+    results = {}
+    for a, b in ((mlp400_six[2], mlp400_six[3]), cnn_pair):
+        spec = mf.infer_spec(a, torch.zeros(2, 1, 28, 28))
+        results[id(a)] = weight_matching(spec, a.state_dict(), b.state_dict(), seed=0, tol=0)[0]
+    assert len(scores) > 10
+    for s in scores:
+        assert torch.equal(solvers.assignment(s, solver="lapx"), solvers.assignment(s, solver="scipy"))
+    s = torch.randn(300, 300, dtype=torch.float64)  # a cost to minimize, too
+    assert torch.equal(solvers.assignment(s, maximize=False, solver="lapx"),
+                       solvers.assignment(s, maximize=False, solver="scipy"))
+    monkeypatch.setattr(wm, "assignment", solvers.assignment)
+    monkeypatch.setattr(solvers, "_lapjv", None)  # an install without lapx: scipy
+    for a, b in ((mlp400_six[2], mlp400_six[3]), cnn_pair):
+        spec = mf.infer_spec(a, torch.zeros(2, 1, 28, 28))
+        alone = weight_matching(spec, a.state_dict(), b.state_dict(), seed=0, tol=0)[0]
+        assert all(torch.equal(alone[g], results[id(a)][g]) for g in spec.groups)
+    with pytest.raises(ImportError, match="pip install lapx"):
+        solvers.assignment(s, solver="lapx")

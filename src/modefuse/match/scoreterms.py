@@ -25,14 +25,15 @@ from ..spec.transport import axis_index, permute_tensor, unit_rows
 
 REFRESH = 0.35  # a correction over more than this share of an axis costs about as much as recomputing
 MAX_REFRESHES = 8  # then recompute, so that rounding cannot pile up
+SMALL = 16 * 2**20  # bytes: a model whose terms all fit in this keeps all of them
 
 
 class ScoreTerms:
     """`terms(g, k, a, perms)`: the score term of entry (g, k, a) under `perms`, from cache where it can.
 
     `budget`: bytes of terms the cache may hold (least recently used go first; default a quarter of the size
-    of the model's state), so that memory stays bounded when terms are large (wide MLPs: n x n each;
-    there the assignments take most of the time anyway).
+    of the model's state; every term when all of them take less than `SMALL`), so that memory stays bounded
+    when terms are large (wide MLPs: n x n each, as large as a layer) and small models recompute nothing.
     """
 
     def __init__(self, spec: PermutationSpec, ref: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
@@ -45,7 +46,8 @@ class ScoreTerms:
         self.refreshes: dict[tuple, int] = {}
         size = state.nbytes() if isinstance(state, LazyState) else sum(t.numel() * t.element_size()
                                                                          for t in state.values())
-        self.budget = size // 4 if budget is None else budget
+        every = sum(4 * spec.sizes[g] ** 2 * len(axes) for g, axes in spec.groups.items())  # all terms' bytes
+        self.budget = (every if every <= SMALL else size // 4) if budget is None else budget
         self.held = 0
         # where the products run: the models' device (a GPU when they are there); checkpoints are read on the CPU
         self.device = torch.device("cpu") if isinstance(state, LazyState) else next(iter(state.values())).device
@@ -125,7 +127,7 @@ class ScoreTerms:
                 pos = (index[d] != old[d]).nonzero().flatten()
                 if len(pos) <= REFRESH * len(index[d]) and self.refreshes.get(e, 0) < MAX_REFRESHES:
                     self.refreshes[e] = self.refreshes.get(e, 0) + 1
-                    term.add_(self._correction(e, d, pos, index, old[d]))
+                    term.addmm_(*self._correction(e, d, pos, index, old[d]))
                     self.cache[e] = index, term
                     return term
         x = self._rows_at(e, index).T
@@ -138,6 +140,10 @@ class ScoreTerms:
             else:
                 torch.mm(r, x, out=into)
             return None
+        if e in self.cache:  # recomputed in place: no second n x n while the old one is held
+            term = torch.mm(r, x, out=self.cache[e][1])
+            self.cache[e] = index, term
+            return term
         term = r @ x
         self._keep(e, index, term)
         return term
@@ -187,8 +193,9 @@ class ScoreTerms:
             self.cache[e] = at, term
             self.held += size
 
-    def _correction(self, e, d, pos, index, old_idx) -> torch.Tensor:
-        """R[:, P] @ (X_new[:, P] - X_old[:, P])^T over the positions P of view axis d that moved."""
+    def _correction(self, e, d, pos, index, old_idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of R[:, P] @ (X_new[:, P] - X_old[:, P])^T over the positions P of view axis d that
+        moved (added to the term in place)."""
         x = self._view(e)
         new = x.index_select(d, index[d][pos])
         prev = x.index_select(d, old_idx[pos])
@@ -197,7 +204,7 @@ class ScoreTerms:
                 new, prev = new.index_select(d2, idx), prev.index_select(d2, idx)
         n = len(x)
         r = self._ref(e).reshape(x.shape).index_select(d, pos)
-        return r.reshape(n, -1) @ (new - prev).reshape(n, -1).T
+        return r.reshape(n, -1), (new - prev).reshape(n, -1).T
 
     def _index(self, k, pairs, perms) -> torch.Tensor:
         """The gather index along one axis of tensor k that applies its groups' permutations in turn."""

@@ -9,23 +9,38 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
+try:  # lapx: Jonker-Volgenant in native code, 3x scipy's solver on weight matching's scores, same optima
+    from lap import lapjvr as _lapjv
+except ImportError:  # an install without it (or with the older `lap`, which has no lapjvr) uses scipy
+    _lapjv = None
 
-def assignment(score: torch.Tensor, maximize: bool = True) -> torch.Tensor:
-    """The permutation `perm` maximizing (or minimizing) sum_i score[i, perm[i]] (scipy's exact LAP solver)."""
+
+def assignment(score: torch.Tensor, maximize: bool = True, solver: str = "auto") -> torch.Tensor:
+    """The permutation `perm` maximizing (or minimizing) sum_i score[i, perm[i]], exactly.
+
+    `solver`: "lapx" (Jonker-Volgenant, `lapx.lapjvr`), "scipy" (`linear_sum_assignment`), or "auto": lapx
+    where it is installed. Both are exact: they differ only where several assignments tie.
+    """
+    if solver not in ("auto", "lapx", "scipy"):
+        raise ValueError(f"unknown assignment solver {solver!r}: use 'auto', 'lapx' or 'scipy'")
+    if solver == "lapx" and _lapjv is None:
+        raise ImportError("the 'lapx' assignment solver needs the lapx package: pip install lapx")
     cost = score.detach().to("cpu", torch.float64, copy=True).numpy()  # the one copy: worked on in place
     if not np.isfinite(cost).all():
         raise ValueError("the assignment cost has NaN or infinite entries (NaN weights or activations?)")
-    # Subtracting row and column extremes leaves the optimal assignment unchanged and gives the
-    # augmenting-path solver a zero in most rows to start from (about 20% faster on dense scores).
+    # Subtracting a constant per row leaves the optimal assignment unchanged and gives the solver a zero
+    # in every row to start from (lapjvr: 1.2-1.6x faster on weight matching's scores).
     if maximize:
-        np.subtract(cost.max(), cost, out=cost)
+        np.subtract(cost.max(axis=1, keepdims=True), cost, out=cost)
     else:
-        cost -= cost.min()
-    cost -= cost.min(axis=1, keepdims=True)
-    cost -= cost.min(axis=0, keepdims=True)
-    rows, cols = linear_sum_assignment(cost)
+        cost -= cost.min(axis=1, keepdims=True)
+    if _lapjv is not None and solver != "scipy" and cost.shape[0] == cost.shape[1]:
+        _, rows, cols = _lapjv(cost)
+    else:  # scipy's augmenting-path solver also gains from a zero in every column
+        cost -= cost.min(axis=0, keepdims=True)
+        rows, cols = linear_sum_assignment(cost)
     perm = torch.empty(len(rows), dtype=torch.long)
-    perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
+    perm[torch.from_numpy(np.asarray(rows, dtype=np.int64))] = torch.from_numpy(np.asarray(cols, dtype=np.int64))
     return perm.to(score.device)
 
 

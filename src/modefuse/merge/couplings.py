@@ -213,8 +213,11 @@ class Fuser:
 
 def sqdist(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """Squared Euclidean distances between the rows of a and b, each given as column blocks (computed in
-    float64, so near-ties are resolved alike on every platform)."""
+    float64, so near-ties are resolved alike on every platform; both sets moved by their common mean first,
+    so that an offset the rows share cannot swamp their differences in |a|^2 + |b|^2 - 2 a.b)."""
     a, b = torch.cat(list(a), 1).double(), torch.cat(list(b), 1).double()
+    shift = (a.sum(0) + b.sum(0)) / (len(a) + len(b))
+    a, b = a - shift, b - shift
     return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
 
 
