@@ -174,4 +174,15 @@ def test_fed_fusion_experiment_writes_its_tables_and_figure(tmp_path):
     assert [t["title"].split(" (")[0] for t in res["tables"]] == ["One-shot federated fusion", "Over rounds",
                                                                  "Clients of two widths", "One round with K clients"]
     assert set(res["results"]["one_shot"]) == {"dirichlet", "labels"}
+    assert all(0 < r["ensemble"] <= 1 for r in res["results"]["one_shot"].values())
     assert (out / "accuracy_per_round.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_clients_ensemble_averages_their_probabilities():
+    """The one-shot table's reference row: the members' softmax outputs averaged (as logs)."""
+    from modefuse.experiments.federated import _Ensemble
+    models = [torch.nn.Linear(5, 3) for _ in range(3)]
+    x = torch.randn(7, 5)
+    expected = sum(m(x).softmax(-1) for m in models) / 3
+    assert torch.allclose(_Ensemble(models)(x).exp(), expected, atol=1e-6)
+    assert torch.allclose(_Ensemble(models[:1])(x).exp(), models[0](x).softmax(-1), atol=1e-6)
