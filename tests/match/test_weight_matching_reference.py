@@ -116,3 +116,7 @@ def test_assignment_solvers_agree_on_weight_matchings_scores(mlp400_six, cnn_pai
         assert all(torch.equal(alone[g], results[id(a)][g]) for g in spec.groups)
     with pytest.raises(ImportError, match="pip install lapx"):
         solvers.assignment(s, solver="lapx")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        s[3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or infinite entries"):
+            solvers.assignment(s)
