@@ -27,6 +27,8 @@ def assignment(score: torch.Tensor, maximize: bool = True, solver: str = "auto")
         raise ValueError(f"unknown assignment solver {solver!r}: use 'auto', 'lapx' or 'scipy'")
     if solver == "lapx" and _lapjv is None:
         raise ImportError("the 'lapx' assignment solver needs the lapx package: pip install lapx")
+    if score.numel() == 0:
+        return torch.arange(score.shape[0], device=score.device)[:0]
     cost = score.detach().to("cpu", torch.float64, copy=True).numpy()  # the one copy: worked on in place
     if not math.isfinite(cost.sum()):  # a NaN or infinity anywhere makes the sum one (no n x n mask)
         raise ValueError("the assignment cost has NaN or infinite entries (NaN weights or activations?)")

@@ -9,6 +9,7 @@ import torch
 
 from ..progress import bar
 from ..spec.permutation_spec import PermutationSpec
+from ..storage.heap import release_freed
 from ..spec.transport import permute_tensor
 from .blockmatch import block_step, inner_groups, pair_scores
 from .scoreterms import ScoreTerms
@@ -83,6 +84,8 @@ def weight_matching(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], stat
         history.append(objective)
         if not improved or sweep_gain < tol * abs(objective):
             break
+    del terms  # its cached terms and scratch buffers, before the caller builds the aligned copy
+    release_freed()
     return perms, history
 
 
