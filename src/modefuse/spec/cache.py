@@ -13,6 +13,7 @@ read is ignored and rewritten.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,17 +49,36 @@ def _code_stamp(model) -> str:
     tops = {c.__module__.split(".")[0] for m in model.modules() for c in type(m).__mro__}
     for top in sorted(tops - {"builtins"}):
         h.update(f"{top} {getattr(sys.modules.get(top), '__version__', '')};".encode())
-    own = Path(__file__).parents[1]  # the whole modefuse package
-    files = [str(p) for p in own.rglob("*.py")] + [
-        f for mod in list(sys.modules.values()) if (f := getattr(mod, "__file__", None))
-        and f.endswith(".py") and not f.startswith(_STDLIB + _SITE)]
-    for f in sorted(set(files)):
-        try:
-            st = os.stat(f)
-        except OSError:
-            continue
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+    stamps = dict(_own_stamps())
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and f.endswith(".py") and not f.startswith(_STDLIB + _SITE) and f not in stamps:
+            stamps[f] = _imported_stamp(f, id(mod))
+    for f in sorted(stamps):
+        if stamps[f]:
+            h.update(f"{f}:{stamps[f]};".encode())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _own_stamps() -> tuple[tuple[str, str], ...]:
+    """modefuse's own files, read once per process (the code this process runs cannot change under it)."""
+    own = Path(__file__).parents[1]  # the whole modefuse package
+    return tuple((f, _file_stamp(f)) for f in sorted(str(p) for p in own.rglob("*.py")))
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_stamp(f: str, module_id: int) -> str:
+    """A module's file as it was when that module object was loaded (a re-import is a new object: stat again)."""
+    return _file_stamp(f)
+
+
+def _file_stamp(f: str) -> str:
+    try:
+        st = os.stat(f)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def entry_key(arch_key: str, model) -> str:
