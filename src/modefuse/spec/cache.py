@@ -49,15 +49,20 @@ def _code_stamp(model) -> str:
     tops = {c.__module__.split(".")[0] for m in model.modules() for c in type(m).__mro__}
     for top in sorted(tops - {"builtins"}):
         h.update(f"{top} {getattr(sys.modules.get(top), '__version__', '')};".encode())
+    h.update(_files_stamp(tuple(map(id, sys.modules.values()))).encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _files_stamp(modules: tuple[int, ...]) -> str:
+    """The files part of the stamp, for the modules now imported (`modules`: their objects' ids, so that an
+    import or a re-import since the last call is seen)."""
     stamps = dict(_own_stamps())
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
         if f and f.endswith(".py") and not f.startswith(_STDLIB + _SITE) and f not in stamps:
             stamps[f] = _imported_stamp(f, id(mod))
-    for f in sorted(stamps):
-        if stamps[f]:
-            h.update(f"{f}:{stamps[f]};".encode())
-    return h.hexdigest()
+    return "".join(f"{f}:{stamps[f]};" for f in sorted(stamps) if stamps[f])
 
 
 @functools.lru_cache(maxsize=1)
