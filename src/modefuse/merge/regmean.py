@@ -67,8 +67,8 @@ def solvable_layers(trace: Trace, state) -> dict[str, tuple[Layer, object]]:
     order of the weight's flattened input). Left out (averaged): grouped, transposed or string-padded
     convolutions, and weights read anywhere else too (tied)."""
     out = {}
+    uses = trace.parameter_uses
     for la in trace.layers():
-        uses = trace.parameter_uses
         if uses.get(la.weight) != 1 or (la.bias is not None and uses.get(la.bias) != 1):
             continue
         w = state[la.weight]

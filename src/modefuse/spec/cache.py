@@ -55,35 +55,21 @@ def _code_stamp(model) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _files_stamp(modules: tuple[int, ...]) -> str:
-    """The files part of the stamp, for the modules now imported (`modules`: their objects' ids, so that an
-    import or a re-import since the last call is seen)."""
-    stamps = dict(_own_stamps())
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if f and f.endswith(".py") and not f.startswith(_STDLIB + _SITE) and f not in stamps:
-            stamps[f] = _imported_stamp(f, id(mod))
-    return "".join(f"{f}:{stamps[f]};" for f in sorted(stamps) if stamps[f])
-
-
-@functools.lru_cache(maxsize=1)
-def _own_stamps() -> tuple[tuple[str, str], ...]:
-    """modefuse's own files, read once per process (the code this process runs cannot change under it)."""
+    """The files part of the stamp: size and mtime of modefuse's files and of every imported module's outside
+    the standard library and site-packages. Kept per set of imported module objects (`modules`, their ids):
+    an import or a re-import since the last call computes it again."""
     own = Path(__file__).parents[1]  # the whole modefuse package
-    return tuple((f, _file_stamp(f)) for f in sorted(str(p) for p in own.rglob("*.py")))
-
-
-@functools.lru_cache(maxsize=None)
-def _imported_stamp(f: str, module_id: int) -> str:
-    """A module's file as it was when that module object was loaded (a re-import is a new object: stat again)."""
-    return _file_stamp(f)
-
-
-def _file_stamp(f: str) -> str:
-    try:
-        st = os.stat(f)
-    except OSError:
-        return ""
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    files = [str(p) for p in own.rglob("*.py")] + [
+        f for mod in list(sys.modules.values()) if (f := getattr(mod, "__file__", None))
+        and f.endswith(".py") and not f.startswith(_STDLIB + _SITE)]
+    stamps = []
+    for f in sorted(set(files)):
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        stamps.append(f"{f}:{st.st_size}:{st.st_mtime_ns};")
+    return "".join(stamps)
 
 
 def entry_key(arch_key: str, model) -> str:
